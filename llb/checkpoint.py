@@ -1,0 +1,183 @@
+"""Checkpoints: safetensors files holding the network's tensors with its config, and where to find them.
+
+A checkpoint is `NAME.safetensors`, or shards `NAME-00001-of-0000K.safetensors` with `NAME.safetensors.index.json`
+(the Hugging Face layout), each carrying the metadata `format`, `config` (JSON of ModelConfig) and `trained`.
+Nothing is unpickled. Named checkpoints (`lite-llb`, ...) resolve from a local folder, then the Hugging Face
+cache, then the Hub, and fail fast with a clear message offline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .config import ModelConfig, get_config
+from .network import LLBNet
+
+FORMAT = "llb-checkpoint/1"
+HUB_REPO = os.environ.get("LLB_HUB_REPO", "llb-vos/llb-checkpoints")
+LOCAL_DIRS = (Path(__file__).resolve().parents[1] / "checkpoints",)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, unreadable or of another network than asked for."""
+
+
+def _index_path(path: Path) -> Path:
+    return path.with_name(path.name + ".index.json")
+
+
+def save_checkpoint(
+    model: LLBNet,
+    path: str | Path,
+    *,
+    trained: bool = True,
+    info: dict | None = None,
+    max_shard_bytes: int | None = None,
+) -> list[Path]:
+    """Write `model` (tensors + config) to `path` (.safetensors); with `max_shard_bytes`, as shards plus an
+    index when it does not fit in one. Returns the files written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "format": FORMAT,
+        "config": model.cfg.to_json(),
+        "trained": "true" if trained else "false",
+        "info": json.dumps(info or {}, sort_keys=True),
+    }
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    shards = list(_split(state, max_shard_bytes))
+    if len(shards) == 1:
+        save_file(shards[0], str(path), metadata=meta)
+        _index_path(path).unlink(missing_ok=True)
+        return [path]
+    stem = path.name.removesuffix(".safetensors")
+    files, weight_map = [], {}
+    for i, shard in enumerate(shards, 1):
+        name = f"{stem}-{i:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(path.with_name(name)), metadata=meta)
+        weight_map.update(dict.fromkeys(shard, name))
+        files.append(path.with_name(name))
+    index = {"metadata": meta, "weight_map": weight_map}
+    _index_path(path).write_text(json.dumps(index, indent=1, sort_keys=True))
+    return [*files, _index_path(path)]
+
+
+def _split(state: dict[str, torch.Tensor], max_bytes: int | None) -> Iterable[dict[str, torch.Tensor]]:
+    shard: dict[str, torch.Tensor] = {}
+    size = 0
+    for key, tensor in state.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if max_bytes and shard and size + nbytes > max_bytes:
+            yield shard
+            shard, size = {}, 0
+        shard[key] = tensor
+        size += nbytes
+    yield shard
+
+
+def read_checkpoint(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], dict[str, str]]:
+    """Config, tensors and metadata of a checkpoint file (or of the shards its index names)."""
+    path = Path(path)
+    index = _index_path(path)
+    if path.is_file():
+        files = [path]
+    elif index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        files = [path.with_name(name) for name in sorted(set(weight_map.values()))]
+    else:
+        raise CheckpointError(f"checkpoint {path} does not exist: pass the path of a .safetensors checkpoint")
+    state: dict[str, torch.Tensor] = {}
+    meta: dict[str, str] = {}
+    for file in files:
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                meta = f.metadata() or {}
+                state.update({k: f.get_tensor(k) for k in f.keys()})  # noqa: SIM118 (safe_open has no __iter__)
+        except (OSError, ValueError, RuntimeError) as err:
+            raise CheckpointError(f"cannot read checkpoint {file}: {err}. Is it a .safetensors file?") from err
+    if meta.get("format") != FORMAT or "config" not in meta:
+        raise CheckpointError(
+            f"{path} is a safetensors file but not an LLB checkpoint (no '{FORMAT}' metadata); "
+            "convert an official checkpoint with `llb import-official`"
+        )
+    return ModelConfig.from_json(meta["config"]), state, meta
+
+
+def resolve_checkpoint(key: str) -> Path:
+    """Find the trained checkpoint named `key` (e.g. `lite-llb`): $LLB_CHECKPOINT_DIR, the repo's
+    checkpoints/, the Hugging Face cache, then the Hub (skipped when HF_HUB_OFFLINE is set)."""
+    filename = f"{key}.safetensors"
+    dirs = [Path(os.environ["LLB_CHECKPOINT_DIR"])] if os.environ.get("LLB_CHECKPOINT_DIR") else []
+    for folder in [*dirs, *LOCAL_DIRS]:
+        if (folder / filename).is_file() or _index_path(folder / filename).is_file():
+            return folder / filename
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(hf_hub_download(HUB_REPO, filename, local_files_only=True))
+    except (LocalEntryNotFoundError, OSError):
+        pass
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() not in ("1", "true", "yes"):
+        try:
+            return Path(hf_hub_download(HUB_REPO, filename))
+        except Exception as err:
+            hub = f"the Hub ({HUB_REPO}: {type(err).__name__})"
+    else:
+        hub = "the Hub (skipped: HF_HUB_OFFLINE is set)"
+    looked = ", ".join(str(d) for d in [*dirs, *LOCAL_DIRS])
+    raise CheckpointError(
+        f"no trained checkpoint '{filename}' found (looked in {looked}, the Hugging Face cache and {hub}). "
+        "Pass --checkpoint FILE.safetensors (from `llb train` or `llb import-official`), "
+        "or put the file in one of those folders / set LLB_CHECKPOINT_DIR."
+    )
+
+
+def load_model(
+    checkpoint: str | Path | None = None,
+    *,
+    config: str | None = None,
+    variant: str | None = None,
+    device: str | torch.device = "cpu",
+    allow_untrained: bool = False,
+) -> LLBNet:
+    """A network ready for inference (eval mode, on `device`).
+
+    With `checkpoint` (a path), its config is used and must agree with `config`/`variant` where those are
+    given. Without one, the trained default `config-variant` (default lite-llb) is resolved; if none is found
+    and `allow_untrained`, an untrained network is built and flagged (`model.trained` is False).
+    """
+    want = get_config(config or "lite", variant or "llb")
+    if checkpoint is None:
+        try:
+            checkpoint = resolve_checkpoint(want.key)
+        except CheckpointError:
+            if not allow_untrained:
+                raise
+            return LLBNet(want).eval().to(device)
+    cfg, state, meta = read_checkpoint(checkpoint)
+    for asked, have, what in ((config, cfg.name, "configuration"), (variant, cfg.variant, "variant")):
+        if asked is not None and asked != have:
+            raise CheckpointError(
+                f"{checkpoint} holds a {cfg.key} network, but the {what} '{asked}' was asked for: "
+                f"pass --config {cfg.name} --variant {cfg.variant}, or a checkpoint of {want.key}"
+            )
+    cfg.backbone.pretrained = False  # every tensor comes from the checkpoint
+    cfg.label.pretrained = False
+    model = LLBNet(cfg)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{checkpoint} does not fit the {cfg.key} network: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    model.trained = meta.get("trained") == "true"
+    if not model.trained and not allow_untrained:
+        raise CheckpointError(f"{checkpoint} is marked untrained; pass a trained checkpoint")
+    return model.eval().to(device)

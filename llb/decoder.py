@@ -1,0 +1,125 @@
+"""Segmentation decoder D (LWL): refines the fused target encoding with backbone features up to full resolution.
+
+Levels run layer4 -> layer1. At each level a target segmentation encoder (TSE) mixes the backbone feature
+with the resized E_tar, then a residual refinement block (RRB), a channel attention block (CAB) that brings in
+the previous level, and a second RRB. A final projection upsamples x2, then to the image size, to one logit map.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import DecoderConfig
+
+LEVELS = ("layer4", "layer3", "layer2", "layer1")
+
+
+def conv(cin: int, cout: int, k: int, bias: bool = True) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, k, padding=k // 2, bias=bias)
+
+
+def resize(x: Tensor, size: tuple[int, int], mode: str = "bilinear") -> Tensor:
+    return F.interpolate(x, size=size, mode=mode, align_corners=False)
+
+
+class TargetSegmentationEncoder(nn.Module):
+    """f = reduce(feature); h = three (3x3 conv + ReLU) on concat[f, E_tar resized]. Returns (h, f)."""
+
+    def __init__(self, feat_dim: int, target_dim: int, width: int) -> None:
+        super().__init__()
+        self.reduce = nn.Sequential(conv(feat_dim, width, 1), nn.ReLU(inplace=True), conv(width, width, 1))
+        nc = width + target_dim
+        self.transform = nn.Sequential(
+            conv(nc, nc, 3),
+            nn.ReLU(inplace=True),
+            conv(nc, nc, 3),
+            nn.ReLU(inplace=True),
+            conv(nc, width, 3),
+            nn.ReLU(inplace=True),
+        )
+
+    def forward(self, feat: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        f = self.reduce(feat)
+        target = resize(target, f.shape[-2:])
+        return self.transform(torch.cat([f, target], dim=1)), f
+
+
+class ResidualRefinement(nn.Module):
+    """RRB: u = conv1x1(x); relu(u + conv3x3(relu(bn(conv3x3(u)))))."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.conv1x1 = conv(width, width, 1)
+        self.bblock = nn.Sequential(
+            conv(width, width, 3),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            conv(width, width, 3, bias=False),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        u = self.conv1x1(x)
+        return torch.relu(u + self.bblock(u))
+
+
+class ChannelAttention(nn.Module):
+    """CAB: h . sigmoid(MLP(concat[mean h, mean prev])) + prev resized to h."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(conv(2 * width, width, 1), nn.ReLU(inplace=True), conv(width, width, 1))
+
+    def forward(self, h: Tensor, prev: Tensor) -> Tensor:
+        pooled = torch.cat([h.mean(dim=(2, 3), keepdim=True), prev.mean(dim=(2, 3), keepdim=True)], dim=1)
+        return h * torch.sigmoid(self.mlp(pooled)) + resize(prev, h.shape[-2:])
+
+
+class DecoderLevel(nn.Module):
+    """One level: TSE, RRB, CAB, RRB."""
+
+    def __init__(self, feat_dim: int, target_dim: int, width: int) -> None:
+        super().__init__()
+        self.tse = TargetSegmentationEncoder(feat_dim, target_dim, width)
+        self.rrb1 = ResidualRefinement(width)
+        self.cab = ChannelAttention(width)
+        self.rrb2 = ResidualRefinement(width)
+
+    def forward(self, feat: Tensor, target: Tensor, prev: Tensor | None) -> Tensor:
+        h, f = self.tse(feat, target)
+        h = self.rrb1(h)
+        if prev is None:  # coarsest level: the pooled reduced feature, as a constant map
+            prev = f.mean(dim=(2, 3), keepdim=True)
+        return self.rrb2(self.cab(h, prev))
+
+
+class SegmentationDecoder(nn.Module):
+    """E_tar (B, D, h, w) + backbone features {layer1..4} -> logits (B, 1, H, W)."""
+
+    def __init__(self, cfg: DecoderConfig, target_dim: int, feat_dims: dict[str, int]) -> None:
+        super().__init__()
+        self.cfg = cfg
+        widths = dict(zip(LEVELS, cfg.widths, strict=True))
+        self.levels = nn.ModuleDict({name: DecoderLevel(feat_dims[name], target_dim, widths[name]) for name in LEVELS})
+        self.proj = nn.ModuleDict(
+            {
+                cur: nn.Sequential(conv(widths[prev], widths[cur], 1), nn.ReLU(inplace=True))
+                for prev, cur in zip(LEVELS[:-1], LEVELS[1:], strict=True)
+            }
+        )
+        last = widths[LEVELS[-1]]
+        self.project_conv1 = conv(last, cfg.project_dim, 3)
+        self.project_conv2 = conv(cfg.project_dim, 1, 3)
+
+    def forward(self, target: Tensor, feats: dict[str, Tensor], image_size: tuple[int, int]) -> Tensor:
+        out: Tensor | None = None
+        for name in LEVELS:
+            prev = None if out is None else self.proj[name](out)
+            out = self.levels[name](feats[name], target, prev)
+        assert out is not None
+        mode = self.cfg.upsample
+        x = F.interpolate(out, size=(2 * out.shape[-2], 2 * out.shape[-1]), mode=mode, align_corners=False)
+        x = torch.relu(self.project_conv1(x))
+        x = F.interpolate(x, size=image_size, mode=mode, align_corners=False)
+        return self.project_conv2(x)

@@ -1,0 +1,310 @@
+"""The public inference API: a `Segmenter` holds a network; `Segmenter.start(video)` opens a `Session`; masks
+are added on any frame; `Session.propagate()` streams one `FrameResult` per frame.
+
+Frames are decoded as they are needed and each result is handed out before the next frame is read, so memory
+use does not grow with the video's length: only the memory bank (at most `memory.size` frames per object
+group) is kept. Objects whose masks are given on the same frame form a group that is tracked as one batch
+(one crop per object); groups run independently and their probabilities are merged by soft aggregation.
+
+Per frame and group (the paper's online inference): crop a region `crop.scale` times each object's previous
+box and resize it to `crop.size`; extract features; E2* from the fitted target model, E1* from the memory;
+fuse, decode, paste back. After merging, each box follows its mask; on memory frames the frame joins the memory
+with its merged mask and the target model takes `update_iters` more steps (`init_iters` from zero on the
+first frame).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..checkpoint import load_model
+from ..induction import LearnerMemory
+from ..network import FrameFeatures, LLBNet
+from ..video.io import VideoError, iter_frames, probe
+from ..video.masks import object_ids
+from .aggregate import soft_aggregate
+from .crop import CropConfig, crop, mask_box, paste, search_region, update_box
+from .memory import MemoryBank, MemoryConfig, MemoryEntry
+
+VideoSource = str | Path | Iterable[np.ndarray]
+
+
+@dataclass
+class InferenceConfig:
+    """The paper's online schedule; every number is a default, not a constant."""
+
+    crop: CropConfig = field(default_factory=CropConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    init_iters: int = 20
+    update_iters: int = 3
+    autocast: bool = True  # bf16 autocast on CUDA (the learner always runs in float32)
+    return_gates: bool = False  # AFM gate maps per object, for display
+
+
+@dataclass
+class FrameResult:
+    """One propagated frame.
+
+    frame: the RGB input (H, W, 3) uint8; labels: object ids (H, W) uint8; probs: merged probabilities of
+    `object_ids` (K, H, W) float32; gates: per object, the mean transduction and induction gates (2, h, w)
+    over channels, in crop coordinates (only with `return_gates` and an AFM network).
+    """
+
+    index: int
+    name: str
+    frame: np.ndarray
+    labels: np.ndarray
+    probs: np.ndarray
+    object_ids: list[int]
+    gates: dict[int, np.ndarray] | None = None
+
+
+@dataclass
+class _Group:
+    """Objects that started on the same frame, tracked as one batch."""
+
+    ids: list[int]
+    start: int
+    memory: MemoryBank
+    tau: Tensor
+    center: Tensor  # (B, 2)
+    size: Tensor  # (B, 2)
+    keys: Tensor | None = None
+    keys_version: int = -1
+
+
+@dataclass
+class _Step:
+    """What a group computed on the current frame and may need for its memory update."""
+
+    boxes: Tensor
+    crops: Tensor
+    feats: FrameFeatures
+    probs: Tensor
+    e1_star: Tensor
+    e2_star: Tensor
+
+
+class Segmenter:
+    """A network on a device with its inference settings; opens sessions on videos."""
+
+    def __init__(self, model: LLBNet, cfg: InferenceConfig | None = None, device: str | torch.device | None = None):
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = model.eval().to(self.device)
+        self.cfg = cfg or InferenceConfig()
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        checkpoint: str | Path | None = None,
+        *,
+        config: str | None = None,
+        variant: str | None = None,
+        device: str | None = None,
+        allow_untrained: bool = False,
+        inference: InferenceConfig | None = None,
+    ) -> Segmenter:
+        """Load a trained checkpoint (a path, or the default of `config`/`variant`) and wrap it."""
+        model = load_model(checkpoint, config=config, variant=variant, device="cpu", allow_untrained=allow_untrained)
+        return cls(model, inference, device)
+
+    @property
+    def trained(self) -> bool:
+        """False for a network without trained weights: its output must never be shown as a result."""
+        return self.model.trained
+
+    def start(self, video: VideoSource) -> Session:
+        return Session(self, video)
+
+
+class Session:
+    """Tracking state for one video: prompts (masks per frame) and, while propagating, the object groups."""
+
+    def __init__(self, segmenter: Segmenter, video: VideoSource) -> None:
+        self.segmenter = segmenter
+        self.video = video
+        self.info = probe(video) if isinstance(video, str | Path) else None
+        self.prompts: dict[int, np.ndarray] = {}
+        self.groups: list[_Group] = []
+
+    @property
+    def object_ids(self) -> list[int]:
+        return sorted({i for labels in self.prompts.values() for i in object_ids(labels)})
+
+    def add_mask(self, frame_index: int, labels: np.ndarray) -> list[int]:
+        """Give the objects' masks on a frame: labels (H, W) of object ids (0 = background).
+
+        On the first prompted frame they start the tracking; on a later frame, new ids start new objects and
+        known ids correct that object's mask, and that frame joins its memory. Returns the ids on the frame.
+        """
+        labels = np.asarray(labels)
+        if labels.ndim != 2:
+            raise ValueError(f"a mask must be a 2-D array of object ids, got shape {labels.shape}")
+        if self.info is not None:
+            want = (self.info.height, self.info.width)
+            if labels.shape != want:
+                raise ValueError(
+                    f"the mask is {labels.shape[1]}x{labels.shape[0]} but the video frames are "
+                    f"{want[1]}x{want[0]}: draw or export the mask at the video's resolution"
+                )
+            if not 0 <= frame_index < self.info.num_frames:
+                raise ValueError(f"frame {frame_index} is outside the video (0..{self.info.num_frames - 1})")
+        ids = object_ids(labels)
+        if not ids:
+            raise ValueError(f"the mask of frame {frame_index} has no object pixel: draw or click the object first")
+        self.prompts[frame_index] = labels.astype(np.uint8)
+        return ids
+
+    def _frames(self, start: int, stop: int | None) -> Iterator[tuple[int, str, np.ndarray]]:
+        if isinstance(self.video, str | Path):
+            names = self.info.frame_names if self.info else ()
+            for i, frame in enumerate(iter_frames(self.video, start=start, stop=stop), start):
+                yield i, names[i] if i < len(names) else f"{i:05d}", frame
+            return
+        for i, frame in enumerate(self.video):
+            if stop is not None and i >= stop:
+                return
+            if i >= start:
+                yield i, f"{i:05d}", np.asarray(frame)
+
+    def propagate(self, start: int | None = None, stop: int | None = None) -> Iterator[FrameResult]:
+        """Stream results from `start` (default: the first prompted frame) up to `stop` (exclusive)."""
+        if not self.prompts:
+            raise ValueError("add a mask first: propagation starts from a frame whose objects are given")
+        start = min(self.prompts) if start is None else start
+        if start < min(self.prompts):
+            raise ValueError(
+                f"propagation cannot start at frame {start}, before the first mask (frame {min(self.prompts)})"
+            )
+        self.groups = []
+        with torch.inference_mode():
+            for index, name, rgb in self._frames(start, stop):
+                if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+                    raise VideoError(f"frame {index} is not an RGB uint8 image (shape {rgb.shape}, {rgb.dtype})")
+                yield self._step(index, name, rgb)
+
+    def _step(self, index: int, name: str, rgb: np.ndarray) -> FrameResult:
+        seg = self.segmenter
+        prompt = self.prompts.get(index)
+        if prompt is not None and prompt.shape != rgb.shape[:2]:
+            raise ValueError(f"the mask of frame {index} is {prompt.shape[::-1]} but the frame is {rgb.shape[1::-1]}")
+        image = torch.from_numpy(rgb).to(seg.device).permute(2, 0, 1).float()
+        probs: dict[int, Tensor] = {}
+        steps: list[_Step | None] = []
+        gates: dict[int, np.ndarray] = {}
+        for group in self.groups:
+            step = self._track(group, image)
+            steps.append(step)
+            probs.update(zip(group.ids, step.probs, strict=True))
+            if seg.cfg.return_gates and hasattr(seg.model.fusion, "gate_induction"):
+                gates.update(self._gates(group, step))
+        given = {}
+        if prompt is not None:
+            given = {i: torch.from_numpy(prompt == i).to(seg.device).float() for i in object_ids(prompt)}
+            probs.update(given)
+        ids = sorted(probs)
+        merged = soft_aggregate(torch.stack([probs[i] for i in ids]))
+        by_id = dict(zip(ids, merged[1:], strict=True))
+        for group, step in zip(self.groups, steps, strict=True):
+            corrected = any(i in given for i in group.ids)
+            self._update(group, index, step, torch.stack([by_id[i] for i in group.ids]), corrected)
+        known = {i for g in self.groups for i in g.ids}
+        new = [i for i in given if i not in known]
+        if new:
+            self.groups.append(self._init(index, image, new, torch.stack([given[i] for i in new])))
+        label_map = torch.tensor([0, *ids], device=merged.device, dtype=torch.uint8)[merged.argmax(0)]
+        return FrameResult(
+            index=index,
+            name=name,
+            frame=rgb,
+            labels=label_map.cpu().numpy(),
+            probs=merged[1:].float().cpu().numpy(),
+            object_ids=ids,
+            gates=gates or None,
+        )
+
+    def _autocast(self) -> torch.autocast:
+        dev = self.segmenter.device
+        enabled = dev.type == "cuda" and self.segmenter.cfg.autocast
+        return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def _features(self, image: Tensor, boxes: Tensor) -> tuple[Tensor, FrameFeatures]:
+        """Crops of the frame (B, 3, h, w) normalised, and their features."""
+        model = self.segmenter.model
+        crops = model.normalize(crop(image[None], boxes, self.segmenter.cfg.crop.size))
+        with self._autocast():
+            feats = model.extract(crops)
+        return crops, feats
+
+    def _fit(self, group: _Group, iters: int, tau: Tensor | None) -> Tensor:
+        """Steepest descent on the group's memory, in float32."""
+        mem = group.memory
+        learner_mem = LearnerMemory(
+            feat=mem.stacked("learner").float(),
+            label=mem.stacked("e2").float(),
+            weight=mem.stacked("weight").float(),
+            sample_weight=mem.sample_weights(mem.entries[0].learner),
+        )
+        with torch.autocast(self.segmenter.device.type, enabled=False):
+            tau, _ = self.segmenter.model.learner(learner_mem, iters, tau)
+        return tau
+
+    def _remember(
+        self, group: _Group, index: int, boxes: Tensor, crops: Tensor, feats: FrameFeatures, masks: Tensor
+    ) -> None:
+        """Encode the frame's crops under their masks (B, H, W, full frame) and add them to the group's memory."""
+        index_b = torch.arange(len(boxes), device=boxes.device)
+        mask_crops = crop(masks[:, None].float(), boxes, self.segmenter.cfg.crop.size, index_b)
+        with self._autocast():
+            enc = self.segmenter.model.encode_label(crops, mask_crops.to(crops.dtype))
+        group.memory.add(MemoryEntry(index, feats.learner, feats.transduction, enc.e1, enc.e2, enc.weight))
+
+    def _init(self, index: int, image: Tensor, ids: list[int], masks: Tensor) -> _Group:
+        """Start tracking `ids` from their masks (B, H, W) on this frame: memory and tau0."""
+        cfg = self.segmenter.cfg
+        center, size = mask_box(masks)
+        group = _Group(ids, index, MemoryBank(cfg.memory), tau=masks.new_zeros(0), center=center, size=size)
+        boxes = search_region(center, size, masks.shape[-2:], cfg.crop)
+        crops, feats = self._features(image, boxes)
+        self._remember(group, index, boxes, crops, feats, masks)
+        group.tau = self._fit(group, cfg.init_iters, None)
+        return group
+
+    def _track(self, group: _Group, image: Tensor) -> _Step:
+        """Segment the current frame for a group: per-object probabilities (B, H, W) on the full frame."""
+        model, cfg = self.segmenter.model, self.segmenter.cfg
+        boxes = search_region(group.center, group.size, image.shape[-2:], cfg.crop)
+        crops, feats = self._features(image, boxes)
+        if group.keys_version != group.memory.version:
+            with self._autocast():
+                group.keys = model.transduction.encode_memory(group.memory.stacked("transduction"))
+            group.keys_version = group.memory.version
+        with self._autocast():
+            out = model.segment(
+                feats,
+                group.tau.to(feats.learner.dtype),
+                group.keys,
+                group.memory.stacked("e1"),
+                cfg.crop.size,
+            )
+        logits = paste(out.logits.float(), boxes, image.shape[-2:])[:, 0]
+        return _Step(boxes, crops, feats, torch.sigmoid(logits), out.e1_star, out.e2_star)
+
+    def _gates(self, group: _Group, step: _Step) -> dict[int, np.ndarray]:
+        g1, g2 = self.segmenter.model.fusion.gates(step.e1_star, step.e2_star)
+        maps = torch.stack([g1.float().mean(1), g2.float().mean(1)], dim=1).cpu().numpy()
+        return dict(zip(group.ids, maps, strict=True))
+
+    def _update(self, group: _Group, index: int, step: _Step, merged: Tensor, corrected: bool) -> None:
+        """After merging: move the boxes, and on memory frames (or corrections) grow the memory and refit."""
+        cfg = self.segmenter.cfg
+        if corrected or group.memory.due(index - group.start):
+            self._remember(group, index, step.boxes, step.crops, step.feats, merged)
+            group.tau = self._fit(group, cfg.update_iters, group.tau)
+        group.center, group.size = update_box(merged, group.center, group.size, cfg.crop)
