@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from collections.abc import Iterable
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .config import ModelConfig, get_config
@@ -100,7 +102,7 @@ def read_checkpoint(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tens
             with safe_open(str(file), framework="pt") as f:
                 meta = f.metadata() or {}
                 state.update({k: f.get_tensor(k) for k in f.keys()})  # noqa: SIM118 (safe_open has no __iter__)
-        except (OSError, ValueError, RuntimeError) as err:
+        except (OSError, ValueError, RuntimeError, SafetensorError) as err:
             raise CheckpointError(f"cannot read checkpoint {file}: {err}. Is it a .safetensors file?") from err
     if meta.get("format") != FORMAT or "config" not in meta:
         raise CheckpointError(
@@ -108,6 +110,18 @@ def read_checkpoint(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tens
             "convert an official checkpoint with `llb import-official`"
         )
     return ModelConfig.from_json(meta["config"]), state, meta
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick connect to the Hub, so that an offline machine fails in seconds rather than after retries."""
+    from huggingface_hub import constants
+
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
 
 
 def resolve_checkpoint(key: str) -> Path:
@@ -125,13 +139,15 @@ def resolve_checkpoint(key: str) -> Path:
         return Path(hf_hub_download(HUB_REPO, filename, local_files_only=True))
     except (LocalEntryNotFoundError, OSError):
         pass
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() not in ("1", "true", "yes"):
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        hub = "the Hub (skipped: HF_HUB_OFFLINE is set)"
+    elif not _hub_reachable():
+        hub = "the Hub (unreachable: no network)"
+    else:
         try:
             return Path(hf_hub_download(HUB_REPO, filename))
-        except Exception as err:
+        except Exception as err:  # any Hub failure means: not available here
             hub = f"the Hub ({HUB_REPO}: {type(err).__name__})"
-    else:
-        hub = "the Hub (skipped: HF_HUB_OFFLINE is set)"
     looked = ", ".join(str(d) for d in [*dirs, *LOCAL_DIRS])
     raise CheckpointError(
         f"no trained checkpoint '{filename}' found (looked in {looked}, the Hugging Face cache and {hub}). "

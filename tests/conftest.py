@@ -38,3 +38,6 @@ def official_dir() -> Path:
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     return require_shared("data")
+
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may wait on the network

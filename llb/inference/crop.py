@@ -32,7 +32,7 @@ class CropConfig:
 
 def mask_box(probs: Tensor) -> tuple[Tensor, Tensor]:
     """Target box from soft masks (K, H, W): centre (K, 2) as (x, y) and size (K, 2) as (w, h), 4 x std."""
-    k, h, w = probs.shape
+    h, w = probs.shape[-2:]
     ys = torch.arange(h, device=probs.device, dtype=torch.float32) + 0.5
     xs = torch.arange(w, device=probs.device, dtype=torch.float32) + 0.5
     p = probs.float()

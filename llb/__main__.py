@@ -1,0 +1,7 @@
+"""`python -m llb` runs the command line."""
+
+import sys
+
+from llb.cli import main
+
+sys.exit(main())

@@ -1,0 +1,486 @@
+"""`llb eval`: DAVIS J&F of the engine, or of any method's saved masks, scored as the official DAVIS 2017 tool does.
+
+Protocol (davis2017-evaluation, semi-supervised): a sequence's objects are 1..K, K the largest id of its first
+annotation (void 255 counts as background); every annotated frame but the first and the last is scored per
+object; each object gets the mean, recall and decay of J and F over those frames; the global J and F are means
+over all objects of all sequences (a sequence with three objects weighs three times), and J&F is their mean.
+A prediction holding an id above K is refused, as the official tool refuses it.
+
+The engine's masks are written as palette PNGs and then scored from those files, so the printed numbers are
+the numbers of the saved folder. Finished sequences are cached with the settings that made them: an
+interrupted run resumes where it stopped, and a run with another checkpoint or size recomputes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from llb import cli
+from llb.evaluation.metrics import Statistics, frame_scores, statistics
+from llb.inference.session import Segmenter
+from llb.video.export import stamp
+from llb.video.io import VideoWriter, iter_frames, probe
+from llb.video.masks import VOID, davis_palette, load_mask, overlay, save_palette_png
+
+MEASURES = ("J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay")
+RESOLUTION = "480p"  # the official layout's subfolder; the benchmark is scored at 480p
+
+
+@dataclass(frozen=True)
+class DavisSequence:
+    """One sequence of a DAVIS-format root: its frame folder and its annotation folder."""
+
+    name: str
+    frames: Path
+    annotations: Path
+
+
+def _resolution_dir(folder: Path) -> Path:
+    """`folder/480p` in the official layout, else `folder` itself (flat layout)."""
+    return folder / RESOLUTION if (folder / RESOLUTION).is_dir() else folder
+
+
+def _split_names(root: Path, split: str | None, annotations: Path) -> list[str]:
+    """Sequence names of `split`: a list file, or ImageSets/[2017/]<split>.txt; without one, every sequence."""
+    if split is not None and Path(split).is_file():
+        listing: Path | None = Path(split)
+    else:
+        name = split or "val"
+        candidates = [root / "ImageSets" / f"{name}.txt", root / "ImageSets" / "2017" / f"{name}.txt"]
+        listing = next((p for p in candidates if p.is_file()), None)
+        if listing is None and split is not None:
+            raise FileNotFoundError(
+                f"no split {split!r}: neither a file nor ImageSets/{split}.txt under {root}; pass --split FILE "
+                "(one sequence name a line) or leave --split out to evaluate every sequence"
+            )
+    if listing is None:
+        return sorted(p.name for p in annotations.iterdir() if p.is_dir() and not p.name.startswith("."))
+    names = [line.split()[0] for line in listing.read_text().splitlines() if line.strip()]
+    return list(dict.fromkeys(names))
+
+
+def davis_sequences(root: str | os.PathLike[str], split: str | None = None) -> list[DavisSequence]:
+    """The sequences of a DAVIS root (JPEGImages/[480p/]<seq>, Annotations/[480p/]<seq>, ImageSets/*.txt).
+
+    `split` is a list file or a name under ImageSets (default: `val` where listed, else every sequence).
+    """
+    root = Path(root)
+    frames, annotations = _resolution_dir(root / "JPEGImages"), _resolution_dir(root / "Annotations")
+    for folder in (frames, annotations):
+        if not folder.is_dir():
+            raise FileNotFoundError(
+                f"{folder} is missing: a DAVIS root holds JPEGImages/<seq>/ (or JPEGImages/480p/<seq>/) and "
+                "Annotations/<seq>/ with palette PNGs"
+            )
+    sequences = []
+    for name in _split_names(root, split, annotations):
+        seq = DavisSequence(name, frames / name, annotations / name)
+        missing = [p for p in (seq.frames, seq.annotations) if not p.is_dir()]
+        if missing:
+            raise FileNotFoundError(f"sequence {name!r} of the split has no folder {missing[0]}")
+        sequences.append(seq)
+    if not sequences:
+        raise ValueError(f"no sequences to evaluate under {root}")
+    return sequences
+
+
+def read_indexed(path: Path) -> np.ndarray:
+    """The index map of a mask PNG as the official tool reads it (palette indices or grey values), uint8."""
+    try:
+        with Image.open(path) as image:
+            if image.mode not in ("P", "L", "1"):
+                raise ValueError(
+                    f"{path} is a {image.mode} image; masks must be indexed PNGs (palette or grey, one index per "
+                    "object), as DAVIS annotations are"
+                )
+            return np.array(image, dtype=np.uint8)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{path} is missing: every annotated frame needs a predicted mask of the same name"
+        ) from None
+
+
+@dataclass
+class SequenceScores:
+    """Per-frame J and F, (K, T) each, of a sequence's objects on its annotated frames (first and last included;
+    the statistics leave them out)."""
+
+    name: str
+    frames: list[str]
+    objects: list[int]
+    j: np.ndarray
+    f: np.ndarray
+
+    def object_stats(self) -> dict[int, tuple[Statistics, Statistics]]:
+        """(J, F) statistics per object over the scored frames (all but the first and the last)."""
+        return {
+            obj: (statistics(self.j[k, 1:-1]), statistics(self.f[k, 1:-1])) for k, obj in enumerate(self.objects)
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        return {"frames": self.frames, "objects": self.objects, "J": self.j.tolist(), "F": self.f.tolist()}
+
+    @classmethod
+    def from_json(cls, name: str, data: dict[str, Any]) -> SequenceScores:
+        return cls(name, list(data["frames"]), list(data["objects"]), np.array(data["J"]), np.array(data["F"]))
+
+
+def _annotated(seq: DavisSequence, max_frames: int | None) -> list[Path]:
+    """The sequence's annotation files in name order, those of its first `max_frames` frames with the option."""
+    files = sorted(p for p in seq.annotations.iterdir() if p.suffix.lower() == ".png")
+    if max_frames is not None:
+        keep = set(probe(seq.frames).frame_names[:max_frames])
+        files = [p for p in files if p.stem in keep]
+    if len(files) < 3:
+        raise ValueError(
+            f"{seq.name}: {len(files)} annotated frame(s) to score; the first and the last are not scored, so at "
+            "least 3 are needed (raise --max-frames)"
+        )
+    return files
+
+
+def score_sequence(seq: DavisSequence, predictions: Path, max_frames: int | None = None) -> SequenceScores:
+    """J and F per object and annotated frame of the masks `predictions/<frame>.png` against the ground truth."""
+    files = _annotated(seq, max_frames)
+    first = read_indexed(files[0])
+    first[first == VOID] = 0
+    count = int(first.max())
+    if count == 0:
+        raise ValueError(f"{seq.name}: the first annotation {files[0]} marks no object")
+    objects = list(range(1, count + 1))
+    j = np.empty((count, len(files)))
+    f = np.empty((count, len(files)))
+    for t, gt_path in enumerate(files):
+        gt = read_indexed(gt_path)
+        gt[gt == VOID] = 0
+        pred = read_indexed(predictions / gt_path.name)
+        if pred.shape != gt.shape:
+            raise ValueError(
+                f"{predictions / gt_path.name} is {pred.shape[1]}x{pred.shape[0]} but the ground truth is "
+                f"{gt.shape[1]}x{gt.shape[0]}; masks must have the annotations' resolution"
+            )
+        if int(pred.max()) > count:
+            raise ValueError(
+                f"{predictions / gt_path.name} holds index {int(pred.max())} but {seq.name} has {count} object(s); "
+                "the official tool refuses such masks"
+            )
+        j[:, t], f[:, t] = frame_scores(gt, pred, objects)
+    return SequenceScores(seq.name, [p.stem for p in files], objects, j, f)
+
+
+def _row(stats: list[tuple[Statistics, Statistics]]) -> dict[str, float]:
+    """The table's measures in percent, each the mean over the given objects' (J, F) statistics."""
+    jm, jr, jd, fm, fr, fd = (
+        100 * float(np.mean([getattr(s[i], attr) for s in stats]))
+        for i in (0, 1)
+        for attr in ("mean", "recall", "decay")
+    )
+    return dict(zip(MEASURES, ((jm + fm) / 2, jm, jr, jd, fm, fr, fd)))
+
+
+def summarize(scores: list[SequenceScores]) -> dict[str, Any]:
+    """results.json's content: global measures over all objects, then per sequence and per object (percent)."""
+    everything, sequences = [], {}
+    for seq in scores:
+        per_object = seq.object_stats()
+        everything.extend(per_object.values())
+        sequences[seq.name] = {
+            **_row(list(per_object.values())),
+            "objects": {str(obj): _row([s]) for obj, s in per_object.items()},
+        }
+    total = _row(everything)
+    return {
+        "J&F": total["J&F-Mean"],
+        "J": total["J-Mean"],
+        "F": total["F-Mean"],
+        "global": total,
+        "num_objects": len(everything),
+        "sequences": sequences,
+    }
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows([[f"{v:.4f}" if isinstance(v, float) else v for v in row] for row in rows])
+
+
+def write_tables(out: Path, summary: dict[str, Any]) -> None:
+    """per-sequence.csv (with a final "Global" row over all objects) and per-object.csv, in percent."""
+    seq_rows = [[name, len(s["objects"]), *(s[m] for m in MEASURES)] for name, s in summary["sequences"].items()]
+    seq_rows.append(["Global", summary["num_objects"], *(summary["global"][m] for m in MEASURES)])
+    _write_csv(out / "per-sequence.csv", ["Sequence", "Objects", *MEASURES], seq_rows)
+    obj_rows = [
+        [name, int(obj), *(row[m] for m in MEASURES)]
+        for name, s in summary["sequences"].items()
+        for obj, row in s["objects"].items()
+    ]
+    _write_csv(out / "per-object.csv", ["Sequence", "Object", *MEASURES], obj_rows)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write a file under a temporary name and rename it, so that a killed run never leaves half a file."""
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _file_identity(path: Path) -> dict[str, Any]:
+    """Size and modification time of a checkpoint (or of its shard index): enough to notice a new one."""
+    index = path.with_name(path.name + ".index.json")
+    stat = (path if path.exists() else index).stat()
+    return {"path": str(path.resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def fingerprint(seg: Segmenter, checkpoint: str | None, max_frames: int | None) -> str:
+    """A digest of everything that decides the masks, so that the cache is used only for the same run."""
+    settings = {
+        "model": seg.model.cfg.to_json(),
+        "trained": seg.trained,
+        "checkpoint": _file_identity(Path(checkpoint)) if checkpoint else "default",
+        "inference": repr(seg.cfg),
+        "device": seg.device.type,
+        "max_frames": max_frames,
+    }
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_cache(path: Path, key: str) -> dict[str, Any] | None:
+    """A cache entry written with the same fingerprint, or None (absent, unreadable or of other settings)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("fingerprint") == key else None
+
+
+def save_cache(path: Path, key: str, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(path, json.dumps({"fingerprint": key, **data}))
+
+
+def segment_sequence(
+    seg: Segmenter, seq: DavisSequence, out: Path, max_frames: int | None = None, quiet: bool = False
+) -> int:
+    """Track the objects of the first annotation through the sequence; palette PNGs to `out/<frame>.png`.
+
+    Returns the number of masks written. `out` is emptied first so that no mask of an earlier run stays.
+    """
+    first = sorted(p for p in seq.annotations.iterdir() if p.suffix.lower() == ".png")[0]
+    names = probe(seq.frames).frame_names
+    if first.stem not in names:
+        raise FileNotFoundError(f"{seq.name}: the first annotation {first.name} has no frame in {seq.frames}")
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    session = seg.start(seq.frames)
+    session.add_mask(names.index(first.stem), load_mask(first))
+    stop = len(names) if max_frames is None else min(max_frames, len(names))
+    written = 0
+    results = tqdm(session.propagate(stop=stop), total=stop, desc=seq.name, unit="frame", leave=False, disable=quiet)
+    for result in results:
+        save_palette_png(out / f"{result.name}.png", result.labels)
+        written += 1
+    return written
+
+
+def write_overlay(frames: Path, masks: Path, path: Path, warning: str | None = None) -> int:
+    """An H.264 overlay of the masks on their frames (frames without a mask are left out); frames written."""
+    names = probe(frames).frame_names
+    written = 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with VideoWriter(path) as writer:
+        for name, frame in zip(names, iter_frames(frames)):
+            mask_path = masks / f"{name}.png"
+            if not mask_path.exists():
+                continue
+            shown = overlay(frame, read_indexed(mask_path))
+            writer.write(stamp(shown, warning) if warning else shown)
+            written += 1
+    return written
+
+
+def _tick_step(span: int, most: int = 12) -> int:
+    """The smallest of 1, 2, 5, 10, 20, 50, ... frames that puts at most `most` ticks on the axis."""
+    scale = 1
+    while True:
+        for mantissa in (1, 2, 5):
+            if span / (mantissa * scale) <= most:
+                return mantissa * scale
+        scale *= 10
+
+
+def plot_iou(scores: SequenceScores, path: Path) -> None:
+    """A line chart (PNG, drawn with OpenCV) of each object's J per annotated frame, to see where tracking
+    drifts; the first and the last frame, which the benchmark does not score, are shaded."""
+    width, height = 960, 360
+    left, right, top, bottom = 56, 16, 40, 44
+    canvas = np.full((height, width, 3), 255, dtype=np.uint8)
+    font, grey, black = cv2.FONT_HERSHEY_SIMPLEX, (200, 200, 200), (0, 0, 0)
+    n = len(scores.frames)
+    span = max(n - 1, 1)
+
+    def x_at(t: float) -> int:
+        return round(left + (width - left - right) * t / span)
+
+    def y_at(v: float) -> int:
+        return round(height - bottom - (height - top - bottom) * v)
+
+    half = (x_at(1) - x_at(0)) // 2
+    for edge in (0, n - 1):
+        cv2.rectangle(canvas, (x_at(edge) - half, top), (x_at(edge) + half, height - bottom), (235, 235, 235), -1)
+    for v in (0.0, 0.25, 0.5, 0.75, 1.0):
+        cv2.line(canvas, (left, y_at(v)), (width - right, y_at(v)), grey, 1)
+        cv2.putText(canvas, f"{v:.2f}", (8, y_at(v) + 4), font, 0.4, black, 1, cv2.LINE_AA)
+    for t in range(0, n, _tick_step(span)):
+        cv2.line(canvas, (x_at(t), height - bottom), (x_at(t), height - bottom + 4), black, 1)
+        cv2.putText(canvas, str(t), (x_at(t) - 8, height - bottom + 18), font, 0.4, black, 1, cv2.LINE_AA)
+    cv2.putText(canvas, "frame", (width // 2 - 20, height - 8), font, 0.45, black, 1, cv2.LINE_AA)
+    stats = scores.object_stats()
+    palette = davis_palette()
+    for k, obj in enumerate(scores.objects):
+        colour = tuple(int(c) for c in palette[obj][::-1])  # RGB palette -> OpenCV's BGR
+        points = np.array([(x_at(t), y_at(v)) for t, v in enumerate(scores.j[k])], dtype=np.int32)
+        cv2.polylines(canvas, [points], False, colour, 2, cv2.LINE_AA)
+        label = f"object {obj}: J {100 * stats[obj][0].mean:.1f}"
+        cv2.putText(canvas, label, (width - right - 190, top + 16 + 18 * k), font, 0.45, colour, 1, cv2.LINE_AA)
+    title = f"{scores.name}: J (IoU) per annotated frame; shaded frames are not scored"
+    cv2.putText(canvas, title, (left, 24), font, 0.55, black, 1, cv2.LINE_AA)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), canvas):
+        raise OSError(f"could not write {path}")
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `llb eval` (model options included)."""
+    data = parser.add_mutually_exclusive_group(required=True)
+    data.add_argument("--davis-root", help="DAVIS-format root: JPEGImages/[480p/]<seq>, Annotations/[480p/]<seq>")
+    data.add_argument("--ytvos-root", help="YouTube-VOS split folder (JPEGImages/, Annotations/) or its parent")
+    parser.add_argument(
+        "--split", default=None, help="DAVIS: a name under ImageSets (default val, else every sequence) or a list file"
+    )
+    parser.add_argument(
+        "--predictions", default=None, help="DAVIS: score this folder of <seq>/<frame>.png masks instead of running"
+    )
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="output folder (DAVIS: required; masks/, results.json, CSV tables, cache/; YouTube-VOS: the masks, "
+        "default beside the zip)",
+    )
+    parser.add_argument("--submission", default=None, help="YouTube-VOS: the submission zip to write")
+    parser.add_argument("--save-overlays", action="store_true", help="an H.264 overlay per sequence in OUT/overlays/")
+    parser.add_argument("--plot", action="store_true", help="DAVIS: a per-frame J plot per sequence in OUT/plots/")
+    parser.add_argument(
+        "--max-frames",
+        type=int,
+        default=None,
+        metavar="N",
+        help="development: only the first N frames of each sequence (not a benchmark number)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    cli.add_model_args(parser)
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Options that belong to the other benchmark or contradict each other; ValueError says which."""
+    if args.max_frames is not None and args.max_frames < 1:
+        raise ValueError(f"--max-frames must be at least 1, got {args.max_frames}")
+    if args.davis_root is not None:
+        if args.out is None:
+            raise ValueError("--out DIR is required: the masks, tables and results.json go there")
+        if args.submission is not None:
+            raise ValueError("--submission is for --ytvos-root; DAVIS results go to --out")
+        return
+    for option, value in (("--split", args.split), ("--predictions", args.predictions), ("--plot", args.plot)):
+        if value not in (None, False):
+            raise ValueError(f"{option} needs DAVIS ground truth (--davis-root); YouTube-VOS is scored by its server")
+    if args.submission is None:
+        raise ValueError("--ytvos-root needs --submission OUT.zip, the file to upload to the benchmark")
+
+
+def _print_summary(summary: dict[str, Any], out: Path) -> None:
+    width = max(len("Global"), *(len(name) for name in summary["sequences"]))
+    print(f"{'sequence':<{width}}  {'J&F':>5}  {'J':>5}  {'F':>5}")
+    for name, s in summary["sequences"].items():
+        print(f"{name:<{width}}  {s['J&F-Mean']:5.1f}  {s['J-Mean']:5.1f}  {s['F-Mean']:5.1f}")
+    print(f"{'Global':<{width}}  {summary['J&F']:5.1f}  {summary['J']:5.1f}  {summary['F']:5.1f}")
+    print(f"({summary['num_objects']} objects; tables and results.json in {out})")
+
+
+def _run_davis(args: argparse.Namespace) -> int:
+    sequences = davis_sequences(args.davis_root, args.split)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    seg, key, warning = None, None, None
+    if args.predictions is None:
+        seg = cli.build_segmenter(args)
+        key = fingerprint(seg, args.checkpoint, args.max_frames)
+        warning = None if seg.trained else cli.UNTRAINED
+    scores, cached = [], 0
+    entry: dict[str, Any] | None = None
+    for seq in tqdm(sequences, desc="DAVIS", unit="seq", disable=args.quiet):
+        if seg is None:
+            mask_dir = Path(args.predictions) / seq.name
+            if not mask_dir.is_dir():
+                raise FileNotFoundError(f"{mask_dir} is missing: the predictions need a folder per sequence")
+            result = score_sequence(seq, mask_dir, args.max_frames)
+        else:
+            mask_dir = out / "masks" / seq.name
+            cache_path = out / "cache" / f"{seq.name}.json"
+            entry = load_cache(cache_path, key) if mask_dir.is_dir() else None
+            if entry is None:
+                segment_sequence(seg, seq, mask_dir, args.max_frames, args.quiet)
+                result = score_sequence(seq, mask_dir, args.max_frames)
+                save_cache(cache_path, key, result.to_json())
+            else:
+                result = SequenceScores.from_json(seq.name, entry)
+                cached += 1
+        scores.append(result)
+        video = out / "overlays" / f"{seq.name}.mp4"
+        if args.save_overlays and not (entry is not None and video.exists()):
+            write_overlay(seq.frames, mask_dir, video, warning)
+        if args.plot:
+            plot_iou(result, out / "plots" / f"{seq.name}.png")
+    summary = summarize(scores)
+    results = {
+        **summary,
+        "protocol": "DAVIS 2017 semi-supervised (official davis2017-evaluation): percent, per object over "
+        "the annotated frames without the first and the last, global = mean over objects",
+        "predictions": str(Path(args.predictions).resolve()) if seg is None else str((out / "masks").resolve()),
+        "max_frames": args.max_frames,
+    }
+    if warning:
+        results["warning"] = warning
+    _write_atomic(out / "results.json", json.dumps(results, indent=1))
+    write_tables(out, summary)
+    if cached:
+        print(f"{cached} of {len(sequences)} sequence(s) came from the cache in {out / 'cache'}")
+    _print_summary(summary, out)
+    if warning:
+        print(f"WARNING: {warning}", file=sys.stderr)
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """`llb eval`: DAVIS scoring (running the engine or of --predictions), or a YouTube-VOS submission."""
+    _check_args(args)
+    if args.davis_root is not None:
+        return _run_davis(args)
+    from llb.evaluation.ytvos import run_ytvos  # ytvos builds on this module's helpers
+
+    return run_ytvos(args)

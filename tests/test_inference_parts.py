@@ -1,0 +1,96 @@
+"""Memory policy and search-region crop/paste."""
+
+import torch
+
+from llb.inference.crop import CropConfig, crop, mask_box, paste, search_region, update_box
+from llb.inference.memory import MemoryBank, MemoryConfig, MemoryEntry
+
+
+def _entry(frame):
+    t = torch.zeros(1, 1, 1, 1)
+    return MemoryEntry(frame, t, t, t, t, t)
+
+
+def _run(policy, interval, frames=200):
+    bank = MemoryBank(MemoryConfig(policy=policy, interval=interval))
+    bank.add(_entry(0))
+    for t in range(1, frames):
+        if bank.due(t):
+            bank.add(_entry(t))
+        assert len(bank.entries) <= 20
+        assert bank.frames[0] == 0
+    return bank
+
+
+def test_paper_policy_keeps_first_frame_and_the_latest_every_fifth():
+    bank = _run("paper", 5)
+    assert bank.frames == [0, *range(105, 200, 5)]
+    assert bank.sample_weights(torch.zeros(1)) is None
+
+
+def test_weighted_policy_keeps_first_frame_weight_and_drops_the_lightest():
+    bank = _run("weighted", 3)
+    assert len(bank.entries) == 20
+    assert abs(sum(bank.weights) - 1) < 1e-9
+    assert bank.weights[0] >= 0.25 - 1e-9
+    newest = bank.frames.index(max(bank.frames))
+    assert bank.weights[newest] == max(bank.weights[1:])
+    w = bank.sample_weights(torch.zeros(2, 3))
+    assert w.shape == (20, 2)
+
+
+def test_memory_version_changes_only_on_add():
+    bank = MemoryBank(MemoryConfig())
+    bank.add(_entry(0))
+    v = bank.version
+    assert not bank.due(3) and bank.version == v
+    bank.add(_entry(5))
+    assert bank.version == v + 1
+
+
+def test_crop_then_paste_round_trips_inside_the_box():
+    h, w = 60, 80
+    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    image = torch.stack([xx, yy, xx + yy])  # smooth, so bilinear resampling is nearly exact
+    boxes = torch.tensor([[10.0, 5.0, 50.0, 45.0], [0.0, 0.0, 80.0, 60.0]])
+    crops = crop(image[None], boxes, (32, 48))
+    back = paste(crops, boxes, (h, w), outside=-1.0)
+    inner = back[0, :, 8:42, 12:48]
+    torch.testing.assert_close(inner, image[:, 8:42, 12:48], atol=0.6, rtol=0)
+    assert (back[0, :, :, :9] == -1).all() and (back[0, :, 46:] == -1).all()
+    torch.testing.assert_close(back[1, :, 2:-2, 2:-2], image[:, 2:-2, 2:-2], atol=0.6, rtol=0)
+
+
+def test_crop_reads_zero_outside_the_image():
+    image = torch.ones(1, 1, 20, 20)
+    out = crop(image, torch.tensor([[-20.0, 0.0, 20.0, 20.0]]), (10, 20))
+    assert out[0, 0, :, :8].max() < 0.2 and out[0, 0, :, 12:].min() > 0.8
+
+
+def test_mask_box_and_search_region():
+    masks = torch.zeros(1, 100, 200)
+    masks[0, 40:60, 90:130] = 1
+    center, size = mask_box(masks)
+    torch.testing.assert_close(center, torch.tensor([[110.0, 50.0]]))
+    # a uniform box of width L has std L / sqrt(12): 4 std = 40 * 4 / sqrt(12)
+    torch.testing.assert_close(size, torch.tensor([[40 * 4 / 12**0.5, 20 * 4 / 12**0.5]]), atol=0.05, rtol=0)
+    cfg = CropConfig(size=(48, 96), scale=2.0)
+    box = search_region(center, size, (100, 200), cfg)[0]
+    bw, bh = box[2] - box[0], box[3] - box[1]
+    torch.testing.assert_close(bw / bh, torch.tensor(2.0))
+    torch.testing.assert_close(bw * bh, size.prod() * 4)
+    big = search_region(center, size * 20, (100, 200), cfg)[0]
+    assert big[0] >= -1e-4 and big[2] <= 200 + 1e-4  # never larger than the image in both dimensions
+
+
+def test_update_box_limits_scale_change_and_keeps_box_for_tiny_masks():
+    cfg = CropConfig()
+    prev_c, prev_s = torch.tensor([[50.0, 50.0]]), torch.tensor([[40.0, 40.0]])
+    big = torch.zeros(1, 100, 100)
+    big[0, 10:90, 10:90] = 1
+    _, s = update_box(big, prev_c, prev_s, cfg)
+    torch.testing.assert_close(s, prev_s * 1.1)
+    tiny = torch.zeros(1, 100, 100)
+    tiny[0, 80:85, 80:85] = 1
+    c, s = update_box(tiny, prev_c, prev_s, cfg)
+    assert torch.equal(c, prev_c) and torch.equal(s, prev_s)

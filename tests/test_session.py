@@ -1,0 +1,114 @@
+"""The session API: streaming, several objects, objects that start later, corrections, flat memory."""
+
+import numpy as np
+import pytest
+import torch
+
+from llb.config import get_config
+from llb.inference.crop import CropConfig
+from llb.inference.memory import MemoryConfig
+from llb.inference.session import InferenceConfig, Segmenter
+from llb.network import LLBNet
+
+H, W = 96, 128
+
+
+@pytest.fixture(scope="module")
+def segmenter():
+    torch.manual_seed(0)
+    model = LLBNet(get_config("lite", "llb"))
+    cfg = InferenceConfig(crop=CropConfig(size=(64, 112)), init_iters=5, update_iters=2, return_gates=True)
+    return Segmenter(model, cfg, device="cpu")
+
+
+def _frames(n, pulled=None):
+    """A textured background with a bright square moving right; counts frames pulled."""
+    rng = np.random.default_rng(0)
+    background = rng.integers(0, 120, (H, W, 3), dtype=np.uint8)
+    for t in range(n):
+        if pulled is not None:
+            pulled.append(t)
+        frame = background.copy()
+        x = 20 + (t % 60)
+        frame[30:60, x : x + 30] = (250, 240, 30)
+        yield frame
+
+
+def _square_mask(obj=1, x=20):
+    labels = np.zeros((H, W), np.uint8)
+    labels[30:60, x : x + 30] = obj
+    return labels
+
+
+def test_propagate_streams_one_result_per_frame(segmenter):
+    pulled = []
+    session = segmenter.start(_frames(12, pulled))
+    assert session.add_mask(0, _square_mask()) == [1]
+    stream = session.propagate()
+    first = next(stream)
+    assert first.index == 0 and len(pulled) == 1  # a result before the next frame is read
+    assert np.array_equal(first.labels, _square_mask())  # the given mask is the first frame's answer
+    rest = list(stream)
+    assert [r.index for r in rest] == list(range(1, 12))
+    for r in rest:
+        assert r.labels.shape == (H, W) and r.labels.dtype == np.uint8
+        assert set(np.unique(r.labels)) <= {0, 1}
+        assert r.probs.shape == (1, H, W) and r.probs.min() >= 0 and r.probs.max() <= 1
+        assert r.gates is not None and r.gates[1].shape == (2, 4, 7)
+        assert ((r.gates[1] > 0) & (r.gates[1] < 1)).all()
+
+
+def test_objects_starting_later_and_corrections(segmenter):
+    session = segmenter.start(list(_frames(8)))
+    session.add_mask(0, _square_mask(1))
+    late = np.zeros((H, W), np.uint8)
+    late[70:90, 90:120] = 5
+    session.add_mask(3, late)
+    session.add_mask(6, _square_mask(1, x=26))  # a correction of object 1
+    results = list(session.propagate())
+    assert [r.object_ids for r in results[:3]] == [[1]] * 3
+    assert all(r.object_ids == [1, 5] for r in results[3:])
+    assert set(np.unique(results[3].labels)) <= {0, 1, 5}
+    assert np.array_equal(results[6].labels == 1, _square_mask(1, x=26) == 1)
+    groups = {tuple(g.ids): g for g in session.groups}
+    assert groups[(1,)].memory.frames == [0, 5, 6]  # every 5th frame, plus the corrected one
+    assert groups[(5,)].memory.frames == [3]
+    assert session.object_ids == [1, 5]
+
+
+def test_bad_masks_are_refused_with_a_reason(segmenter):
+    session = segmenter.start(list(_frames(3)))
+    with pytest.raises(ValueError, match="no object pixel"):
+        session.add_mask(0, np.zeros((H, W), np.uint8))
+    with pytest.raises(ValueError, match="add a mask first"):
+        next(session.propagate())
+    session.add_mask(0, np.zeros((H + 1, W), np.uint8) + 1)
+    with pytest.raises(ValueError, match="the frame is"):
+        list(session.propagate())
+
+
+def _rss_mb() -> tuple[float, float]:
+    """Current and peak resident memory of this process (MB), from /proc."""
+    with open("/proc/self/status") as f:
+        fields = dict(line.split(":", 1) for line in f)
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+@pytest.mark.slow
+def test_memory_stays_flat_over_a_long_video():
+    """100 vs 300 frames: the memory bank is bounded and nothing else accumulates."""
+    torch.manual_seed(0)
+    model = LLBNet(get_config("lite", "joint"))
+    cfg = InferenceConfig(
+        crop=CropConfig(size=(64, 112)), init_iters=3, update_iters=1, memory=MemoryConfig(interval=2)
+    )
+    session = Segmenter(model, cfg, device="cpu").start(_frames(300))
+    session.add_mask(0, _square_mask())
+    seen = {}
+    for r in session.propagate():
+        if r.index in (99, 299):
+            seen[r.index] = _rss_mb()
+    assert len(session.groups[0].memory.entries) == 20
+    (rss100, peak100), (rss300, peak300) = seen[99], seen[299]
+    assert rss300 - rss100 < 25, seen
+    assert peak300 - peak100 < 25, seen
