@@ -53,6 +53,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         "--crop-size", type=_size, default="auto", help="processing size WxH (auto: 832x480 on GPU, 432x240 on CPU)"
     )
     p.add_argument(
+        "--schedule",
+        choices=("paper", "official"),
+        default="paper",
+        help="memory schedule: the paper's (every 5th frame) or the official tracker's (weighted, every 3rd)",
+    )
+    p.add_argument(
         "--allow-untrained",
         action="store_true",
         help="run a network without trained weights (for development; its output is stamped as such)",
@@ -68,7 +74,7 @@ def build_segmenter(args: argparse.Namespace) -> Segmenter:
         variant=args.variant,
         device=str(device),
         allow_untrained=args.allow_untrained,
-        inference=InferenceConfig(crop=CropConfig(size=size)),
+        inference=InferenceConfig.schedule(args.schedule, crop=CropConfig(size=size)),
     )
     if not seg.trained:
         print(f"WARNING: {UNTRAINED}: the {seg.model.cfg.key} network has no trained weights.", file=sys.stderr)

@@ -7,6 +7,8 @@ the previous level, and a second RRB. A final projection upsamples x2, then to t
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -105,7 +107,7 @@ class SegmentationDecoder(nn.Module):
         self.proj = nn.ModuleDict(
             {
                 cur: nn.Sequential(conv(widths[prev], widths[cur], 1), nn.ReLU(inplace=True))
-                for prev, cur in zip(LEVELS[:-1], LEVELS[1:], strict=True)
+                for prev, cur in itertools.pairwise(LEVELS)
             }
         )
         last = widths[LEVELS[-1]]

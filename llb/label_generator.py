@@ -31,7 +31,7 @@ class LabelEncoding:
 
 
 class CNNStem(nn.Module):
-    """JOINT's first layers: 3x3 stride-2 conv + ReLU, then 3x3 stride-2 max-pool: (B, Cin, H, W) -> (B, 16, H/4, W/4)."""
+    """JOINT's first layers: 3x3 stride-2 conv + ReLU, 3x3 stride-2 max-pool; (B, Cin, H, W) -> (B, 16, H/4, W/4)."""
 
     out_channels = CNN_DIMS[0]
 

@@ -94,3 +94,11 @@ def test_update_box_limits_scale_change_and_keeps_box_for_tiny_masks():
     tiny[0, 80:85, 80:85] = 1
     c, s = update_box(tiny, prev_c, prev_s, cfg)
     assert torch.equal(c, prev_c) and torch.equal(s, prev_s)
+
+
+def test_official_schedule_preset():
+    from llb.inference.session import InferenceConfig
+
+    official = InferenceConfig.schedule("official", init_iters=7)
+    assert (official.memory.policy, official.memory.interval, official.init_iters) == ("weighted", 3, 7)
+    assert InferenceConfig.schedule("paper") == InferenceConfig()

@@ -46,6 +46,18 @@ class InferenceConfig:
     autocast: bool = True  # bf16 autocast on CUDA (the learner always runs in float32)
     return_gates: bool = False  # AFM gate maps per object, for display
 
+    @classmethod
+    def schedule(cls, name: str, **overrides: object) -> InferenceConfig:
+        """`paper` (the paper's text, the default) or `official` (the released tracker: a sample every 3rd
+        frame in the weighted memory). The official tracker re-encodes every stored masked crop at each update;
+        the label generator is deterministic and stored crops never change, so reusing their encodings is the
+        same computation."""
+        if name == "paper":
+            return cls(**overrides)
+        if name == "official":
+            return cls(memory=MemoryConfig(policy="weighted", interval=3), **overrides)
+        raise ValueError(f"unknown schedule {name!r}: choose paper or official")
+
 
 @dataclass
 class FrameResult:
