@@ -1,0 +1,77 @@
+"""Command-line options shared by every command that runs the network (segment, eval, bench, train)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from .config import CONFIGS, VARIANTS
+from .inference.crop import CropConfig
+from .inference.session import InferenceConfig, Segmenter
+
+UNTRAINED = "UNTRAINED NETWORK - NOT A RESULT"
+CPU_SIZE = (240, 432)  # half the paper's 480x832 keeps the CPU path interactive
+
+
+def parse_size(text: str) -> tuple[int, int] | None:
+    """`WxH` -> (H, W); `auto` -> None. Both sides must be multiples of 16 (the feature stride)."""
+    if text == "auto":
+        return None
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size {text!r} is not WIDTHxHEIGHT, e.g. 832x480") from None
+    if w <= 0 or h <= 0 or w % 16 or h % 16:
+        raise argparse.ArgumentTypeError(f"size {text!r}: width and height must be positive multiples of 16")
+    return h, w
+
+
+def parse_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    return torch.device(name)
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """Options that choose and place the network (shared by every command that runs it)."""
+    p.add_argument("--config", choices=sorted(CONFIGS), default=None, help="network configuration (default lite)")
+    p.add_argument("--variant", choices=VARIANTS, default=None, help="LLB or the JOINT-style sum baseline")
+    p.add_argument("--checkpoint", default=None, help="a .safetensors checkpoint (default: the trained one)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument(
+        "--crop-size",
+        type=parse_size,
+        default="auto",
+        help="processing size WxH (auto: 832x480 on GPU, 432x240 on CPU)",
+    )
+    p.add_argument(
+        "--schedule",
+        choices=("paper", "official"),
+        default="paper",
+        help="memory schedule: the paper's (every 5th frame) or the official tracker's (weighted, every 3rd)",
+    )
+    p.add_argument(
+        "--allow-untrained",
+        action="store_true",
+        help="run a network without trained weights (for development; its output is stamped as such)",
+    )
+
+
+def build_segmenter(args: argparse.Namespace) -> Segmenter:
+    device = parse_device(args.device)
+    size = args.crop_size or (CropConfig().size if device.type == "cuda" else CPU_SIZE)
+    seg = Segmenter.from_pretrained(
+        args.checkpoint,
+        config=args.config,
+        variant=args.variant,
+        device=str(device),
+        allow_untrained=args.allow_untrained,
+        inference=InferenceConfig.schedule(args.schedule, crop=CropConfig(size=size)),
+    )
+    if not seg.trained:
+        print(f"WARNING: {UNTRAINED}: the {seg.model.cfg.key} network has no trained weights.", file=sys.stderr)
+    return seg
