@@ -10,6 +10,7 @@ import cv2
 from tqdm import tqdm
 
 from .checkpoint import CheckpointError
+from .evaluation.davis import add_eval_arguments, run_eval
 from .options import UNTRAINED, add_model_args, build_segmenter
 from .video.export import ResultWriter
 from .video.io import VideoError, probe
@@ -43,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_model_args(p)
     p.set_defaults(func=cmd_segment)
+    p = sub.add_parser("eval", help="DAVIS J&F (or a YouTube-VOS submission) as the benchmarks compute it")
+    add_eval_arguments(p)
+    p.set_defaults(func=run_eval)
     return parser
 
 

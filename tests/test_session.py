@@ -112,3 +112,15 @@ def test_memory_stays_flat_over_a_long_video():
     (rss100, peak100), (rss300, peak300) = seen[99], seen[299]
     assert rss300 - rss100 < 25, seen
     assert peak300 - peak100 < 25, seen
+
+
+def test_given_masks_own_their_pixels_on_their_frame(segmenter):
+    """A new object drawn over a tracked one takes those pixels on its first frame."""
+    session = segmenter.start(list(_frames(3)))
+    session.add_mask(0, _square_mask(1))
+    over = np.zeros((H, W), np.uint8)
+    over[35:50, 25:40] = 2  # inside object 1's square
+    session.add_mask(2, over)
+    last = list(session.propagate())[-1]
+    assert (last.labels[over == 2] == 2).all()
+    assert np.allclose(last.probs[1][over == 2], 1) and np.allclose(last.probs[0][over == 2], 0)

@@ -29,9 +29,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from llb import cli
 from llb.evaluation.metrics import Statistics, frame_scores, statistics
 from llb.inference.session import Segmenter
+from llb.options import UNTRAINED, add_model_args, build_segmenter
 from llb.video.export import stamp
 from llb.video.io import VideoWriter, iter_frames, probe
 from llb.video.masks import VOID, davis_palette, load_mask, overlay, save_palette_png
@@ -127,9 +127,7 @@ class SequenceScores:
 
     def object_stats(self) -> dict[int, tuple[Statistics, Statistics]]:
         """(J, F) statistics per object over the scored frames (all but the first and the last)."""
-        return {
-            obj: (statistics(self.j[k, 1:-1]), statistics(self.f[k, 1:-1])) for k, obj in enumerate(self.objects)
-        }
+        return {obj: (statistics(self.j[k, 1:-1]), statistics(self.f[k, 1:-1])) for k, obj in enumerate(self.objects)}
 
     def to_json(self) -> dict[str, Any]:
         return {"frames": self.frames, "objects": self.objects, "J": self.j.tolist(), "F": self.f.tolist()}
@@ -393,7 +391,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         help="development: only the first N frames of each sequence (not a benchmark number)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    cli.add_model_args(parser)
+    add_model_args(parser)
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -422,15 +420,20 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
     print(f"({summary['num_objects']} objects; tables and results.json in {out})")
 
 
+def segmenter(args: argparse.Namespace) -> tuple[Segmenter, str | None]:
+    """The network of the model options, and the warning its output must carry when it is untrained."""
+    seg = build_segmenter(args)
+    return seg, None if seg.trained else UNTRAINED
+
+
 def _run_davis(args: argparse.Namespace) -> int:
     sequences = davis_sequences(args.davis_root, args.split)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     seg, key, warning = None, None, None
     if args.predictions is None:
-        seg = cli.build_segmenter(args)
+        seg, warning = segmenter(args)
         key = fingerprint(seg, args.checkpoint, args.max_frames)
-        warning = None if seg.trained else cli.UNTRAINED
     scores, cached = [], 0
     entry: dict[str, Any] | None = None
     for seq in tqdm(sequences, desc="DAVIS", unit="seq", disable=args.quiet):
@@ -481,6 +484,6 @@ def run_eval(args: argparse.Namespace) -> int:
     _check_args(args)
     if args.davis_root is not None:
         return _run_davis(args)
-    from llb.evaluation.ytvos import run_ytvos  # ytvos builds on this module's helpers
+    from llb.evaluation.ytvos import run_ytvos  # here, not at the top: ytvos builds on this module
 
     return run_ytvos(args)

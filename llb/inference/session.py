@@ -31,6 +31,7 @@ from ..video.masks import object_ids
 from .aggregate import soft_aggregate
 from .crop import CropConfig, crop, mask_box, paste, search_region, update_box
 from .memory import MemoryBank, MemoryConfig, MemoryEntry
+from .timing import StageFn, StageTimer, untimed
 
 VideoSource = str | Path | Iterable[np.ndarray]
 
@@ -131,16 +132,19 @@ class Segmenter:
         """False for a network without trained weights: its output must never be shown as a result."""
         return self.model.trained
 
-    def start(self, video: VideoSource) -> Session:
-        return Session(self, video)
+    def start(self, video: VideoSource, timer: StageTimer | None = None) -> Session:
+        """A session on `video`; with `timer`, the wall time of every stage of every frame is recorded."""
+        return Session(self, video, timer)
 
 
 class Session:
     """Tracking state for one video: prompts (masks per frame) and, while propagating, the object groups."""
 
-    def __init__(self, segmenter: Segmenter, video: VideoSource) -> None:
+    def __init__(self, segmenter: Segmenter, video: VideoSource, timer: StageTimer | None = None) -> None:
         self.segmenter = segmenter
         self.video = video
+        self.timer = timer
+        self._stage: StageFn = timer.stage if timer else untimed
         self.info = probe(video) if isinstance(video, str | Path) else None
         self.prompts: dict[int, np.ndarray] = {}
         self.groups: list[_Group] = []
@@ -195,18 +199,36 @@ class Session:
                 f"propagation cannot start at frame {start}, before the first mask (frame {min(self.prompts)})"
             )
         self.groups = []
-        with torch.inference_mode():
-            for index, name, rgb in self._frames(start, stop):
-                if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-                    raise VideoError(f"frame {index} is not an RGB uint8 image (shape {rgb.shape}, {rgb.dtype})")
-                yield self._step(index, name, rgb)
+        frames = self._frames(start, stop)
+        try:
+            with torch.inference_mode():
+                while (item := self._next_frame(frames)) is not None:
+                    index, name, rgb = item
+                    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+                        raise VideoError(f"frame {index} is not an RGB uint8 image (shape {rgb.shape}, {rgb.dtype})")
+                    yield self._step(index, name, rgb)
+        finally:
+            if self.timer is not None:
+                self.timer.end_frame()
+
+    def _next_frame(self, frames: Iterator[tuple[int, str, np.ndarray]]) -> tuple[int, str, np.ndarray] | None:
+        """The next (index, name, frame), or None at the end; with a timer, each frame opens a new record."""
+        if self.timer is None:
+            return next(frames, None)
+        self.timer.begin_frame()
+        with self.timer.stage("decode"):
+            item = next(frames, None)
+        if item is None:
+            self.timer.end_frame(discard=True)
+        return item
 
     def _step(self, index: int, name: str, rgb: np.ndarray) -> FrameResult:
         seg = self.segmenter
         prompt = self.prompts.get(index)
         if prompt is not None and prompt.shape != rgb.shape[:2]:
             raise ValueError(f"the mask of frame {index} is {prompt.shape[::-1]} but the frame is {rgb.shape[1::-1]}")
-        image = torch.from_numpy(rgb).to(seg.device).permute(2, 0, 1).float()
+        with self._stage("crop"):
+            image = torch.from_numpy(rgb).to(seg.device).permute(2, 0, 1).float()
         probs: dict[int, Tensor] = {}
         steps: list[_Step | None] = []
         gates: dict[int, np.ndarray] = {}
@@ -215,14 +237,21 @@ class Session:
             steps.append(step)
             probs.update(zip(group.ids, step.probs, strict=True))
             if seg.cfg.return_gates and hasattr(seg.model.fusion, "gate_induction"):
-                gates.update(self._gates(group, step))
-        given = {}
-        if prompt is not None:
-            given = {i: torch.from_numpy(prompt == i).to(seg.device).float() for i in object_ids(prompt)}
-            probs.update(given)
-        ids = sorted(probs)
-        merged = soft_aggregate(torch.stack([probs[i] for i in ids]))
-        by_id = dict(zip(ids, merged[1:], strict=True))
+                with self._stage("fusion"):
+                    gates.update(self._gates(group, step))
+        with self._stage("merge"):
+            given = {}
+            if prompt is not None:
+                given = {i: torch.from_numpy(prompt == i).to(seg.device).float() for i in object_ids(prompt)}
+                probs.update(given)
+            ids = sorted(probs)
+            merged = soft_aggregate(torch.stack([probs[i] for i in ids]))
+            if given:  # the user's masks are the truth on their frame: their pixels belong to them alone
+                drawn = torch.stack([given[i] for i in given]).amax(0) > 0
+                merged[:, drawn] = 0
+                for i, mask in given.items():
+                    merged[1 + ids.index(i), mask > 0] = 1
+            by_id = dict(zip(ids, merged[1:], strict=True))
         for group, step in zip(self.groups, steps, strict=True):
             corrected = any(i in given for i in group.ids)
             self._update(group, index, step, torch.stack([by_id[i] for i in group.ids]), corrected)
@@ -230,13 +259,15 @@ class Session:
         new = [i for i in given if i not in known]
         if new:
             self.groups.append(self._init(index, image, new, torch.stack([given[i] for i in new])))
-        label_map = torch.tensor([0, *ids], device=merged.device, dtype=torch.uint8)[merged.argmax(0)]
+        with self._stage("merge"):
+            label_map = torch.tensor([0, *ids], device=merged.device, dtype=torch.uint8)[merged.argmax(0)]
+            labels, out_probs = label_map.cpu().numpy(), merged[1:].float().cpu().numpy()
         return FrameResult(
             index=index,
             name=name,
             frame=rgb,
-            labels=label_map.cpu().numpy(),
-            probs=merged[1:].float().cpu().numpy(),
+            labels=labels,
+            probs=out_probs,
             object_ids=ids,
             gates=gates or None,
         )
@@ -249,8 +280,9 @@ class Session:
     def _features(self, image: Tensor, boxes: Tensor) -> tuple[Tensor, FrameFeatures]:
         """Crops of the frame (B, 3, h, w) normalised, and their features."""
         model = self.segmenter.model
-        crops = model.normalize(crop(image[None], boxes, self.segmenter.cfg.crop.size))
-        with self._autocast():
+        with self._stage("crop"):
+            crops = model.normalize(crop(image[None], boxes, self.segmenter.cfg.crop.size))
+        with self._stage("backbone"), self._autocast():
             feats = model.extract(crops)
         return crops, feats
 
@@ -263,7 +295,7 @@ class Session:
             weight=mem.stacked("weight").float(),
             sample_weight=mem.sample_weights(mem.entries[0].learner),
         )
-        with torch.autocast(self.segmenter.device.type, enabled=False):
+        with self._stage("learner"), torch.autocast(self.segmenter.device.type, enabled=False):
             tau, _ = self.segmenter.model.learner(learner_mem, iters, tau)
         return tau
 
@@ -271,9 +303,10 @@ class Session:
         self, group: _Group, index: int, boxes: Tensor, crops: Tensor, feats: FrameFeatures, masks: Tensor
     ) -> None:
         """Encode the frame's crops under their masks (B, H, W, full frame) and add them to the group's memory."""
-        index_b = torch.arange(len(boxes), device=boxes.device)
-        mask_crops = crop(masks[:, None].float(), boxes, self.segmenter.cfg.crop.size, index_b)
-        with self._autocast():
+        with self._stage("crop"):
+            index_b = torch.arange(len(boxes), device=boxes.device)
+            mask_crops = crop(masks[:, None].float(), boxes, self.segmenter.cfg.crop.size, index_b)
+        with self._stage("label_generator"), self._autocast():
             enc = self.segmenter.model.encode_label(crops, mask_crops.to(crops.dtype))
         group.memory.add(MemoryEntry(index, feats.learner, feats.transduction, enc.e1, enc.e2, enc.weight))
 
@@ -294,7 +327,7 @@ class Session:
         boxes = search_region(group.center, group.size, image.shape[-2:], cfg.crop)
         crops, feats = self._features(image, boxes)
         if group.keys_version != group.memory.version:
-            with self._autocast():
+            with self._stage("transduction"), self._autocast():
                 group.keys = model.transduction.encode_memory(group.memory.stacked("transduction"))
             group.keys_version = group.memory.version
         with self._autocast():
@@ -304,9 +337,12 @@ class Session:
                 group.keys,
                 group.memory.stacked("e1"),
                 cfg.crop.size,
+                self._stage,
             )
-        logits = paste(out.logits.float(), boxes, image.shape[-2:])[:, 0]
-        return _Step(boxes, crops, feats, torch.sigmoid(logits), out.e1_star, out.e2_star)
+        with self._stage("paste"):
+            logits = paste(out.logits.float(), boxes, image.shape[-2:])[:, 0]
+            probs = torch.sigmoid(logits)
+        return _Step(boxes, crops, feats, probs, out.e1_star, out.e2_star)
 
     def _gates(self, group: _Group, step: _Step) -> dict[int, np.ndarray]:
         g1, g2 = self.segmenter.model.fusion.gates(step.e1_star, step.e2_star)
@@ -319,4 +355,5 @@ class Session:
         if corrected or group.memory.due(index - group.start):
             self._remember(group, index, step.boxes, step.crops, step.feats, merged)
             group.tau = self._fit(group, cfg.update_iters, group.tau)
-        group.center, group.size = update_box(merged, group.center, group.size, cfg.crop)
+        with self._stage("merge"):
+            group.center, group.size = update_box(merged, group.center, group.size, cfg.crop)

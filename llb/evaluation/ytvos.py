@@ -1,0 +1,144 @@
+"""`llb eval --ytvos-root`: a YouTube-VOS submission zip, `Annotations/<video>/<frame>.png` for every frame.
+
+YouTube-VOS gives each object's mask on the frame where it first appears, which may be a later frame: an
+annotation file introduces the objects it holds that were not given before (ids already given are left out
+there, as the benchmark's annotation is not exhaustive), and each object is tracked from its own first frame.
+A mask is written for every frame of `JPEGImages/<video>` (frames before the first annotation are empty); the
+benchmark's server scores the zip. Finished videos are cached like DAVIS sequences, so a run resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from llb.evaluation.davis import fingerprint, load_cache, read_indexed, save_cache, segmenter, write_overlay
+from llb.inference.session import Segmenter
+from llb.video.io import probe
+from llb.video.masks import VOID, object_ids, save_palette_png
+
+
+def split_dir(root: str | os.PathLike[str]) -> Path:
+    """The folder holding JPEGImages/ and Annotations/: `root` itself, or its `valid/` (the release layout)."""
+    root = Path(root)
+    for folder in (root, root / "valid"):
+        if (folder / "JPEGImages").is_dir() and (folder / "Annotations").is_dir():
+            return folder
+    raise FileNotFoundError(
+        f"{root} holds no JPEGImages/ and Annotations/ (nor valid/ with them): pass the YouTube-VOS split folder"
+    )
+
+
+def video_names(folder: Path) -> list[str]:
+    """Videos with annotations, in name order; each must have its frame folder."""
+    names = sorted(p.name for p in (folder / "Annotations").iterdir() if p.is_dir() and not p.name.startswith("."))
+    missing = [n for n in names if not (folder / "JPEGImages" / n).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"videos without frames in {folder / 'JPEGImages'}: {', '.join(missing[:5])}")
+    if not names:
+        raise ValueError(f"no videos under {folder / 'Annotations'}")
+    return names
+
+
+def first_masks(annotations: Path, frame_names: tuple[str, ...]) -> dict[int, np.ndarray]:
+    """Label maps per frame index holding only the objects that appear there for the first time."""
+    index = {name: i for i, name in enumerate(frame_names)}
+    files = sorted(p for p in annotations.iterdir() if p.suffix.lower() == ".png")
+    for path in files:
+        if path.stem not in index:
+            raise FileNotFoundError(f"the annotation {path} has no frame of that name")
+    seen: set[int] = set()
+    prompts = {}
+    for path in sorted(files, key=lambda p: index[p.stem]):
+        labels = read_indexed(path)
+        labels[labels == VOID] = 0
+        labels[np.isin(labels, list(seen))] = 0
+        ids = object_ids(labels)
+        if ids:
+            prompts[index[path.stem]] = labels
+            seen.update(ids)
+    if not prompts:
+        raise ValueError(f"{annotations} holds no object mask")
+    return prompts
+
+
+def segment_video(
+    seg: Segmenter, frames: Path, annotations: Path, out: Path, max_frames: int | None = None, quiet: bool = False
+) -> int:
+    """Track every object from its first mask; a palette PNG per frame in `out` (emptied first). Returns the count.
+
+    On a frame that introduces objects their given masks are written as they are (over the tracked objects),
+    as the benchmark's first-appearance frames carry the ground truth.
+    """
+    info = probe(frames)
+    stop = info.num_frames if max_frames is None else min(max_frames, info.num_frames)
+    prompts = first_masks(annotations, info.frame_names)
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    start = min(prompts)
+    empty = np.zeros((info.height, info.width), dtype=np.uint8)
+    for name in info.frame_names[: min(start, stop)]:
+        save_palette_png(out / f"{name}.png", empty)
+    session = seg.start(frames)
+    for index, labels in prompts.items():
+        if index < stop:
+            session.add_mask(index, labels)
+    written = min(start, stop)
+    if start < stop:
+        total = stop - start
+        bar = tqdm(
+            session.propagate(stop=stop), total=total, desc=frames.name, unit="frame", leave=False, disable=quiet
+        )
+        for result in bar:
+            given = prompts.get(result.index)
+            labels = result.labels if given is None else np.where(given > 0, given, result.labels).astype(np.uint8)
+            save_palette_png(out / f"{result.name}.png", labels)
+            written += 1
+    return written
+
+
+def write_zip(annotations: Path, videos: list[str], path: Path) -> int:
+    """Zip `annotations/<video>/<frame>.png` of `videos` as `Annotations/<video>/<frame>.png`; returns the count."""
+    files = [file for video in videos for file in sorted((annotations / video).glob("*.png"))]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial")
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
+        for file in files:
+            archive.write(file, f"Annotations/{file.parent.name}/{file.name}")
+    os.replace(tmp, path)
+    return len(files)
+
+
+def run_ytvos(args: argparse.Namespace) -> int:
+    """Segment every video of the split and write the submission zip (masks kept in --out or beside the zip)."""
+    folder = split_dir(args.ytvos_root)
+    names = video_names(folder)
+    submission = Path(args.submission)
+    out = Path(args.out) if args.out else submission.with_suffix("")
+    seg, warning = segmenter(args)
+    key = fingerprint(seg, args.checkpoint, args.max_frames)
+    cached = 0
+    for name in tqdm(names, desc="YouTube-VOS", unit="video", disable=args.quiet):
+        frames, masks = folder / "JPEGImages" / name, out / "Annotations" / name
+        cache_path = out / "cache" / f"{name}.json"
+        if masks.is_dir() and load_cache(cache_path, key) is not None:
+            cached += 1
+            continue
+        count = segment_video(seg, frames, folder / "Annotations" / name, masks, args.max_frames, args.quiet)
+        if args.save_overlays:
+            write_overlay(frames, masks, out / "overlays" / f"{name}.mp4", warning)
+        save_cache(cache_path, key, {"masks": count})
+    count = write_zip(out / "Annotations", names, submission)
+    if cached:
+        print(f"{cached} of {len(names)} video(s) came from the cache in {out / 'cache'}")
+    print(f"wrote {count} masks of {len(names)} videos to {submission} (masks also in {out / 'Annotations'})")
+    if warning:
+        print(f"WARNING: {warning}: do not submit these masks as a result", file=sys.stderr)
+    return 0
