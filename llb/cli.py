@@ -11,7 +11,9 @@ from tqdm import tqdm
 
 from .checkpoint import CheckpointError
 from .evaluation.davis import add_eval_arguments, run_eval
+from .official import add_import_arguments, run_import
 from .options import UNTRAINED, add_model_args, build_segmenter
+from .parity import add_check_arguments, run_check
 from .video.export import ResultWriter
 from .video.io import VideoError, probe
 from .video.masks import load_mask
@@ -47,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="DAVIS J&F (or a YouTube-VOS submission) as the benchmarks compute it")
     add_eval_arguments(p)
     p.set_defaults(func=run_eval)
+    p = sub.add_parser("import-official", help="convert an official VOS-LLB or JOINT .pth.tar to .safetensors")
+    add_import_arguments(p)
+    p.set_defaults(func=run_import)
+    p = sub.add_parser("check-official", help="stage-by-stage parity with the official network on a fixture")
+    add_check_arguments(p)
+    p.set_defaults(func=run_check)
     return parser
 
 

@@ -14,6 +14,7 @@ safetensors checkpoints.
 
 from __future__ import annotations
 
+import argparse
 import collections
 import pickle
 import re
@@ -90,11 +91,15 @@ class ImportReport:
     facts: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> str:
-        """A few lines for a log or the command line."""
+        """A few lines for a log or the command line: the facts, the counts and every dropped key by reason."""
         facts = ", ".join(f"{k}={v}" for k, v in self.facts.items())
-        reasons = collections.Counter(self.dropped.values())
+        by_reason: dict[str, list[str]] = collections.defaultdict(list)
+        for key, reason in self.dropped.items():
+            by_reason[reason].append(key)
         lines = [f"{self.config.key}: {facts}", f"loaded {len(self.loaded)} tensors, dropped {len(self.dropped)}:"]
-        lines += [f"  {n} x {reason}" for reason, n in reasons.items()]
+        for reason, keys in by_reason.items():
+            lines.append(f"  {len(keys)} x {reason}:")
+            lines += [f"    {key}" for key in keys]
         return "\n".join(lines)
 
 
@@ -304,8 +309,35 @@ def read_official_checkpoint(path: str | Path) -> dict[str, Tensor]:
 def import_official(path: str | Path, out: str | Path) -> ImportReport:
     """Convert the official checkpoint `path` into our checkpoint `out` (.safetensors); returns the report."""
     cfg, state, report = convert_state_dict(read_official_checkpoint(path))
-    model = LLBNet(cfg)
-    model.load_state_dict(state, strict=True)
+    with torch.device("meta"):  # no random initialisation: every saved tensor comes from `state`
+        model = LLBNet(cfg)
+    model.load_state_dict(state, strict=True, assign=True)
     info = {"source": "official", "file": Path(path).name, **report.facts}
     save_checkpoint(model, out, trained=True, info=info)
     return report
+
+
+def _safetensors_path(text: str) -> Path:
+    """argparse type of --out: a path ending in .safetensors."""
+    if not text.endswith(".safetensors"):
+        raise argparse.ArgumentTypeError(f"{text!r}: the output must be a .safetensors file")
+    return Path(text)
+
+
+def add_import_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `llb import-official`."""
+    parser.add_argument("checkpoint", type=Path, help="official checkpoint (.pth.tar) of VOS-LLB or JOINT")
+    parser.add_argument(
+        "--out", required=True, type=_safetensors_path, help="our checkpoint to write (FILE.safetensors)"
+    )
+
+
+def run_import(args: argparse.Namespace) -> int:
+    """`llb import-official`: convert, print the report and where the checkpoint went; 0 on success (an
+    unusable checkpoint raises OfficialImportError, a ValueError)."""
+    report = import_official(args.checkpoint, args.out)
+    print(f"read {args.checkpoint}")
+    print(report.summary())
+    print(f"wrote {args.out} ({report.config.key})")
+    print(f"segment with it: llb segment VIDEO --mask MASK.png --out DIR --config paper --checkpoint {args.out}")
+    return 0

@@ -1,395 +1,396 @@
 """Parity with the official LLB and JOINT networks, stage by stage, and the official-checkpoint importer.
 
 The fixture (../shared/official, README.md there) holds the official networks' intermediate tensors on 1 train
-+ N test DAVIS frames, computed with rule-built weights. Those weights go through our importer, load strictly
-into LLBNet, and every stored array is compared in data-flow order with the README's rule
-max|ours - ref| <= 1e-4 max|ref|.
++ N test DAVIS frames, computed with rule-built weights. `llb check-official` (llb.parity) writes those weights
+as an official checkpoint, imports it, runs the fixture through our network and compares every stored array in
+data-flow order with the README's rule max|ours - ref| <= 1e-4 max|ref|. It runs once per fixture here; the
+stage tests below reuse the network and tensors it produced.
 """
 
 from __future__ import annotations
 
+import argparse
+import io
 import json
 import re
 import sys
 import types
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
+from contextlib import redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
-from torch import Tensor, nn
+from safetensors.torch import save_file
+from torch import Tensor
 
+from llb import parity
 from llb.checkpoint import load_model, read_checkpoint
 from llb.config import paper_config
 from llb.decoder import LEVELS
 from llb.induction import LearnerMemory
-from llb.network import FrameFeatures, LLBNet, SequenceOutput
 from llb.official import (
-    ImportReport,
     OfficialImportError,
+    add_import_arguments,
     convert_state_dict,
-    import_official,
     read_official_checkpoint,
+    run_import,
 )
+from llb.parity import N_TRAIN, CheckResult, Row, capture, cat, compare, filter_reg, learner_iters
 
-TOL = 1e-4  # README "Using it from a re-implementation", step 4
-N_TRAIN = 1  # README "Data flow": one train frame, then the N test frames
-MEAN_BGR = np.array((102.9801, 115.9465, 122.7717), np.float32)
-SETTINGS = ("frames_rgb", "masks", "meta_json", "lam_value")  # fixture entries that are inputs, not outputs
-STATS = {
-    "__chabs": lambda x: np.abs(x).mean(axis=(2, 3)),  # per frame and channel
-    "__pixrms": lambda x: np.sqrt((x**2).mean(axis=1)),  # per frame and position
-    "__norm": lambda x: np.sqrt((x**2).sum(axis=(2, 3))),  # per filter row and input channel, over K x K
-}
+VARIANTS = ("llb", "joint")
 
 
 @dataclass
-class Official:
-    """One fixture: its arrays, meta, TSV rows and the rule-built official state dict."""
+class Checked:
+    """`llb check-official` on one fixture: exit status, printed text, and what the check produced."""
 
-    variant: str
-    fx: dict[str, np.ndarray]
-    meta: dict
-    tsv_keys: list[str]
-    state: dict[str, Tensor]
+    code: int
+    output: str
+    result: CheckResult
 
 
-@dataclass
-class Run:
-    """Our network on the fixture: inputs, per-frame features and every tensor named like the fixture's."""
-
-    model: LLBNet
-    report: ImportReport
-    images: Tensor  # (F, 1, 3, H, W) preprocessed, train frame first
-    masks: Tensor  # (F, 1, 1, H, W)
-    layers: dict[str, Tensor]  # layer1..4, (F, C, h, w)
-    learner: Tensor  # (F, 1, C, h, w)
-    transduction: Tensor  # (F, 1, C, h, w)
-    ours: dict[str, np.ndarray]  # full float64 tensors
+def parse(add_arguments: Callable[[argparse.ArgumentParser], None], argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(argv)
 
 
-@pytest.fixture(scope="module", params=["llb", "joint"])
-def official(request: pytest.FixtureRequest, official_dir: Path) -> Official:
-    import make_weights
+def check_via_cli(fixture: Path) -> Checked:
+    """run_check as the CLI calls it; a spy on check_official keeps the network and tensors of that run."""
+    results: list[CheckResult] = []
+    check = parity.check_official
 
-    variant = request.param
-    with np.load(official_dir / f"fixture_{variant}.npz") as z:
-        fx = {key: z[key] for key in z.files}
-    meta = json.loads(str(fx["meta_json"]))
-    assert meta["which"] == variant
-    tsv = str(official_dir / f"{variant}_state_dict.tsv")
-    state = make_weights.build_state_dict(tsv, meta.get("seed_base", make_weights.SEED_BASE))
-    assert make_weights.digest(state) == meta["weights_sha256"]
-    return Official(variant, fx, meta, [row[0] for row in make_weights.read_tsv(tsv)], state)
+    def spy(*args: object, **kwargs: object) -> CheckResult:
+        results.append(check(*args, **kwargs))
+        return results[-1]
+
+    with pytest.MonkeyPatch.context() as patch, redirect_stdout(io.StringIO()) as out:
+        patch.setattr(parity, "check_official", spy)
+        code = parity.run_check(parse(parity.add_check_arguments, ["--fixture", str(fixture)]))
+    print(out.getvalue())
+    return Checked(code, out.getvalue(), results[0])
 
 
 @pytest.fixture(scope="module")
-def run(official: Official) -> Run:
-    cfg, state, report = convert_state_dict(official.state)
-    model = LLBNet(cfg)
-    model.load_state_dict(state, strict=True)
-    return drive(model.eval(), report, official.fx)
+def checks(official_dir: Path) -> Callable[[str], Checked]:
+    """The check of each official fixture, run at most once per module."""
+    done: dict[str, Checked] = {}
+
+    def get(variant: str) -> Checked:
+        if variant not in done:
+            done[variant] = check_via_cli(official_dir / f"fixture_{variant}.npz")
+        return done[variant]
+
+    return get
 
 
-def preprocess(fx: dict[str, np.ndarray]) -> tuple[Tensor, Tensor]:
-    """README "Inputs": BGR float32 minus the Caffe mean; frames first, one sequence. -> images, masks."""
-    bgr = fx["frames_rgb"][..., ::-1].astype(np.float32) - MEAN_BGR
-    images = torch.from_numpy(np.ascontiguousarray(bgr)).permute(0, 3, 1, 2)[:, None]
-    masks = torch.from_numpy(fx["masks"].astype(np.float32))[:, None, None]
-    return images, masks
+@pytest.fixture(scope="module", params=VARIANTS)
+def checked(request: pytest.FixtureRequest, checks: Callable[[str], Checked]) -> Checked:
+    return checks(request.param)
 
 
-@contextmanager
-def capture(modules: Mapping[str, nn.Module]) -> Iterator[dict[str, list[Tensor]]]:
-    """Collect the output of every call of each module."""
-    outputs: dict[str, list[Tensor]] = {name: [] for name in modules}
-    handles = [
-        module.register_forward_hook(lambda _m, _i, out, name=name: outputs[name].append(out.clone()))
-        for name, module in modules.items()
-    ]
-    try:
-        yield outputs
-    finally:
-        for handle in handles:
-            handle.remove()
+def assert_within(rows: list[Row]) -> None:
+    """Pass when all rows are within TOL; otherwise name the first failure in data-flow order."""
+    print("\n" + parity.format_rows(rows))
+    failed = [row.name for row in rows if not row.passed]
+    assert not failed, f"first failure {failed[0]} (all failures: {failed})"
 
 
-@contextmanager
-def filter_reg(model: LLBNet, value: float) -> Iterator[None]:
-    """Run the learner with lambda = `value` (the fixture's extra `lam_*` run)."""
-    saved = model.learner.filter_reg.detach().clone()
-    with torch.no_grad():
-        model.learner.filter_reg.fill_(value)
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            model.learner.filter_reg.copy_(saved)
-
-
-def token_frames(tokens: Tensor, frames: int, h: int, w: int) -> Tensor:
-    """Tokens of one sequence (1, frames*h*w, C) -> (frames, C, h, w)."""
-    return tokens[0].reshape(frames, h, w, -1).permute(0, 3, 1, 2)
-
-
-def learner_iters(fx: dict[str, np.ndarray]) -> tuple[int, int]:
-    """Steps of the initial fit and of each refinement: one fewer than the losses stored for them."""
-    return len(fx["loss_init"]) - 1, len(fx["loss_refine"]) - 1
-
-
-def cat(tensors: list[Tensor]) -> np.ndarray:
-    return torch.cat(tensors).double().numpy()
-
-
-def drive(model: LLBNet, report: ImportReport, fx: dict[str, np.ndarray]) -> Run:
-    """README "Data flow" with our pieces: 1 train + N test frames, collecting every fixture tensor."""
-    images, masks = preprocess(fx)
-    n_frames = images.shape[0]
-    size = (images.shape[-2], images.shape[-1])
-    init_iters, update_iters = learner_iters(fx)
-    ours: dict[str, np.ndarray] = {}
-    hooked = {**model.decoder.levels, "encoder": model.label_generator.encoder}  # encoder: `dlgm_feat` (LLB)
-    with capture(hooked) as seen, torch.no_grad():
-        parts = [model.extract(images[:N_TRAIN, 0]), model.extract(images[N_TRAIN:, 0])]  # as the official did
-        layers = {name: torch.cat([p.layers[name] for p in parts]) for name in LEVELS}
-        learner = torch.cat([p.learner for p in parts])[:, None]
-        trans = torch.cat([p.transduction for p in parts])[:, None]
-        h, w = learner.shape[-2:]
-        enc = model.encode_label(images[:N_TRAIN, 0], masks[:N_TRAIN, 0])
-        e1, e2, weights = [enc.e1], [enc.e2], [enc.weight]
-        memory = LearnerMemory(learner[:N_TRAIN], enc.e2[:, None], enc.weight[:, None])
-        tau, losses = model.learner(memory, init_iters, track_loss=True)
-        ours["tau0"], ours["loss_init"] = tau[0].double().numpy(), torch.stack(losses).double().numpy()
-        with filter_reg(model, float(fx["lam_value"][0])):
-            lam_tau, lam_losses = model.learner(memory, init_iters, track_loss=True)
-        ours["lam_tau0"], ours["lam_loss_init"] = lam_tau[0].double().numpy(), torch.stack(lam_losses).double().numpy()
-        outs, query_sa = [], []
-        for i in range(n_frames - N_TRAIN):
-            t = N_TRAIN + i
-            ours[f"tr_mem_sa_{i}"] = cat([token_frames(model.transduction.self_attention_block(trans[:t]), t, h, w)])
-            query_sa.append(token_frames(model.transduction.self_attention_block(trans[t][None]), 1, h, w))
-            frame = FrameFeatures({name: x[t : t + 1] for name, x in layers.items()}, learner[t], trans[t])
-            keys = model.transduction.encode_memory(trans[:t])
-            out = model.segment(frame, tau, keys, torch.cat(e1)[:, None], size)
-            outs.append(out)
-            enc = model.encode_label(images[t], torch.sigmoid(out.logits))
-            e1.append(enc.e1)
-            e2.append(enc.e2)
-            weights.append(enc.weight)
-            if t < n_frames - 1:
-                memory = LearnerMemory(learner[: t + 1], torch.cat(e2)[:, None], torch.cat(weights)[:, None])
-                tau, losses = model.learner(memory, update_iters, tau, track_loss=True)
-                ours[f"tau{i + 1}"] = tau[0].double().numpy()
-                if i == 0:
-                    ours["loss_refine"] = torch.stack(losses).double().numpy()
-    ours |= {f"bb_{name}": x[N_TRAIN:].double().numpy() for name, x in layers.items()}
-    ours |= {f"dec_{name}": cat(seen[name]) for name in LEVELS}
-    ours |= {
-        "tm_feat": learner[:, 0].double().numpy(),
-        "tr_feat": trans[:, 0].double().numpy(),
-        "dlgm_feat": cat(seen["encoder"]),
-        "enc_tm": cat(e2),
-        "enc_tr": cat(e1),
-        "sample_weight": cat(weights),
-        "tr_query_sa": cat(query_sa),
-        "E2_star": cat([o.e2_star for o in outs]),
-        "E1_star": cat([o.e1_star for o in outs]),
-        "E_tar": cat([o.e_tar for o in outs]),
-        "segm_pred": cat([o.logits[:, 0] for o in outs]),
-    }
-    return Run(model, report, images, masks, layers, learner, trans, ours)
-
-
-def flow_order(names: set[str]) -> list[str]:
-    """The fixture's output arrays in README data-flow order (stage 4 of "Using it")."""
-
-    def numbered(prefix: str) -> list[str]:
-        found = [n for n in names if re.fullmatch(rf"{prefix}\d+", n)]
-        return sorted(found, key=lambda n: int(n[len(prefix) :]))
-
-    mem, taus = numbered("tr_mem_sa_"), numbered("tau")
-    order = [f"bb_{name}" for name in reversed(LEVELS)]
-    order += ["tm_feat", "tr_feat", "dlgm_feat", "enc_tm", "enc_tr", "sample_weight", *taus[:1], "loss_init"]
-    order += ["lam_tau0", "lam_loss_init", "E2_star", *mem[:1], "tr_query_sa", "E1_star", "E_tar"]
-    order += [f"dec_{name}" for name in LEVELS] + ["segm_pred", *taus[1:2], "loss_refine", *mem[1:], *taus[2:]]
-    return [n for n in order if n in names]
-
-
-def rel_err(ours: np.ndarray, ref: np.ndarray) -> float:
-    """The fixture's metric: max|ours - ref| / max|ref|."""
-    assert ours.shape == ref.shape, (ours.shape, ref.shape)
-    return float(np.abs(ours - ref).max() / np.abs(ref).max())
-
-
-def sliced(full: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Our full array cut like a stored one: its first rows and every k-th channel, k = full / stored channels."""
-    out = full[: shape[0]]
-    if out.ndim > 1 and out.shape[1] != shape[1]:
-        out = out[:, :: out.shape[1] // shape[1]]
-    return out
-
-
-def errors(fx: dict[str, np.ndarray], ours: Mapping[str, np.ndarray], names: list[str]) -> dict[str, float]:
-    """Relative error of each array and of its stored statistics, in the order given."""
-    result = {}
-    for name in names:
-        ref = fx[name].astype(np.float64)
-        result[name] = rel_err(sliced(ours[name], ref.shape), ref)
-        for suffix, stat in STATS.items():
-            if name + suffix in fx:
-                ref_stat = fx[name + suffix].astype(np.float64)
-                result[name + suffix] = rel_err(stat(ours[name][: ref_stat.shape[0]]), ref_stat)
-    return result
-
-
-def assert_within(errs: dict[str, float]) -> None:
-    """Pass when all are within TOL; otherwise name the first failure in data-flow order."""
-    print("\n" + "\n".join(f"{name:24s} {err:.2e}" for name, err in errs.items()))
-    failed = [name for name, err in errs.items() if not err <= TOL]
-    assert not failed, f"first failure {failed[0]}: {errs[failed[0]]:.3g} > {TOL} (all failures: {failed})"
-
-
-def stored(fx: dict[str, np.ndarray], name: str, rows: slice) -> Tensor:
+def stored(fx: Mapping[str, np.ndarray], name: str, rows: slice) -> Tensor:
     """Stored rows of a full (unsliced) array as a float32 tensor with the sequence axis: (n, 1, ...)."""
     return torch.from_numpy(np.ascontiguousarray(fx[name][rows]))[:, None]
 
 
-# --- the whole chain ---------------------------------------------------------------------------------------
+# --- the whole chain: llb check-official ------------------------------------------------------------------------
 
 
-def test_every_array_in_data_flow_order(official: Official, run: Run) -> None:
-    fx = official.fx
-    outputs = {n for n in fx if n not in SETTINGS and not any(n.endswith(s) for s in STATS)}
-    order = flow_order(outputs)
-    assert set(order) == outputs, f"fixture arrays without a place in the data flow: {outputs - set(order)}"
-    assert_within(errors(fx, run.ours, order))
+def test_check_official_passes_and_prints_every_stage(checked: Checked) -> None:
+    fx = checked.result.fixture.arrays
+    names = parity.flow_order(parity.output_names(fx))
+    expected = [n + s for n in names for s in ("", *parity.STATS) if n + s in fx]
+    assert set(expected) == {n for n in fx if n not in parity.INPUTS}, "every stored array is compared"
+    assert [row.name for row in checked.result.rows] == expected
+    assert checked.code == 0, checked.output
+    for name in expected:
+        assert re.search(rf"^{name} +\d\.\d\de[-+]\d\d  PASS$", checked.output, re.MULTILINE), name
+    assert "1 train + 2 test frames of 448x256" in checked.output
+    assert "seed base 1000: sha256" in checked.output and "matches the fixture" in checked.output
+    assert f"PASS: all {len(expected)} arrays within 0.0001" in checked.output
 
 
-@pytest.fixture(scope="module")
-def forward_out(official: Official, run: Run) -> SequenceOutput:
-    """LLBNet.forward on the fixture's inputs, with the fixture's numbers of learner steps."""
-    with torch.no_grad():
-        return run.model(run.images[:N_TRAIN], run.masks[:N_TRAIN], run.images[N_TRAIN:], *learner_iters(official.fx))
-
-
-def test_forward_mirrors_the_official_call(official: Official, run: Run, forward_out: SequenceOutput) -> None:
+def test_forward_mirrors_the_official_call(checked: Checked) -> None:
     """LLBNet.forward is the official training call: (segm_pred, enc_tm, enc_tr) from the same inputs."""
-    fx = official.fx
+    fx, model, trace = checked.result.fixture.arrays, checked.result.model, checked.result.trace
     rgb = torch.from_numpy(fx["frames_rgb"]).permute(0, 3, 1, 2).float()
-    assert torch.equal(run.model.normalize(rgb), run.images[:, 0])
+    assert torch.equal(model.normalize(rgb), trace.images[:, 0])
+    with torch.no_grad():
+        out = model(trace.images[:N_TRAIN], trace.masks[:N_TRAIN], trace.images[N_TRAIN:], *learner_iters(fx))
     ours = {
-        "segm_pred": forward_out.logits[:, 0, 0].double().numpy(),
-        "enc_tm": forward_out.e2[:, 0].double().numpy(),
-        "enc_tr": forward_out.e1[:, 0].double().numpy(),
+        "segm_pred": out.logits[:, 0, 0].double().numpy(),
+        "enc_tm": out.e2[:, 0].double().numpy(),
+        "enc_tr": out.e1[:, 0].double().numpy(),
     }
-    assert_within(errors(fx, ours, list(ours)))
+    assert_within(compare(fx, ours, list(ours)))
 
 
 # --- stages fed with stored upstream tensors (README "Using it", step 5) --------------------------------------
 
 
-def test_fusion_alone(official: Official, run: Run) -> None:
-    fx = official.fx
+def test_fusion_alone(checked: Checked) -> None:
+    fx, model = checked.result.fixture.arrays, checked.result.model
     with torch.no_grad():
-        e_tar = run.model.fusion(torch.from_numpy(fx["E1_star"]), torch.from_numpy(fx["E2_star"]))
-    assert_within(errors(fx, {"E_tar": e_tar.double().numpy()}, ["E_tar"]))
+        e_tar = model.fusion(torch.from_numpy(fx["E1_star"]), torch.from_numpy(fx["E2_star"]))
+    assert_within(compare(fx, {"E_tar": e_tar.double().numpy()}, ["E_tar"]))
 
 
-def test_learner_alone(official: Official, run: Run) -> None:
-    fx = official.fx
+def test_learner_alone(checked: Checked) -> None:
+    fx, model, trace = checked.result.fixture.arrays, checked.result.model, checked.result.trace
     memory = LearnerMemory(
-        run.learner[:N_TRAIN], stored(fx, "enc_tm", slice(N_TRAIN)), stored(fx, "sample_weight", slice(N_TRAIN))
+        trace.learner[:N_TRAIN], stored(fx, "enc_tm", slice(N_TRAIN)), stored(fx, "sample_weight", slice(N_TRAIN))
     )
     iters = learner_iters(fx)[0]
     with torch.no_grad():
-        tau, losses = run.model.learner(memory, iters, track_loss=True)
-        with filter_reg(run.model, float(fx["lam_value"][0])):
-            lam_tau, lam_losses = run.model.learner(memory, iters, track_loss=True)
+        tau, losses = model.learner(memory, iters, track_loss=True)
+        with filter_reg(model, float(fx["lam_value"][0])):
+            lam_tau, lam_losses = model.learner(memory, iters, track_loss=True)
     ours = {
         "tau0": tau[0].double().numpy(),
         "loss_init": torch.stack(losses).double().numpy(),
         "lam_tau0": lam_tau[0].double().numpy(),
         "lam_loss_init": torch.stack(lam_losses).double().numpy(),
     }
-    assert_within(errors(fx, ours, list(ours)))
+    assert_within(compare(fx, ours, list(ours)))
 
 
-def test_transduction_alone(official: Official, run: Run) -> None:
-    fx = official.fx
-    trans, e1_star = run.model.transduction, []
+def test_transduction_alone(checked: Checked) -> None:
+    fx, trace = checked.result.fixture.arrays, checked.result.trace
+    transduction, e1_star = checked.result.model.transduction, []
     with torch.no_grad():
-        for t in range(N_TRAIN, run.images.shape[0]):
-            keys = trans.encode_memory(run.transduction[:t])
-            e1_star.append(trans(run.transduction[t], keys, stored(fx, "enc_tr", slice(t))))
-    assert_within(errors(fx, {"E1_star": cat(e1_star)}, ["E1_star"]))
+        for t in range(N_TRAIN, trace.images.shape[0]):
+            keys = transduction.encode_memory(trace.transduction[:t])
+            e1_star.append(transduction(trace.transduction[t], keys, stored(fx, "enc_tr", slice(t))))
+    assert_within(compare(fx, {"E1_star": cat(e1_star)}, ["E1_star"]))
 
 
-def test_decoder_alone(official: Official, run: Run) -> None:
-    fx = official.fx
-    size = (run.images.shape[-2], run.images.shape[-1])
-    with capture(run.model.decoder.levels) as seen, torch.no_grad():
+def test_decoder_alone(checked: Checked) -> None:
+    fx, model, trace = checked.result.fixture.arrays, checked.result.model, checked.result.trace
+    size = (trace.images.shape[-2], trace.images.shape[-1])
+    with capture(model.decoder.levels) as seen, torch.no_grad():
         logits = [
-            run.model.decoder(
-                stored(fx, "E_tar", slice(i, i + 1))[0], {n: x[N_TRAIN + i][None] for n, x in run.layers.items()}, size
+            model.decoder(
+                stored(fx, "E_tar", slice(i, i + 1))[0],
+                {n: x[N_TRAIN + i][None] for n, x in trace.layers.items()},
+                size,
             )
-            for i in range(run.images.shape[0] - N_TRAIN)
+            for i in range(trace.images.shape[0] - N_TRAIN)
         ]
     ours = {f"dec_{name}": cat(seen[name]) for name in LEVELS} | {"segm_pred": cat([x[:, 0] for x in logits])}
-    assert_within(errors(fx, ours, list(ours)))
+    assert_within(compare(fx, ours, list(ours)))
 
 
-def test_label_encoder_on_the_stored_predictions(official: Official, run: Run) -> None:
-    fx = official.fx
+def test_label_encoder_on_the_stored_predictions(checked: Checked) -> None:
+    fx, model, trace = checked.result.fixture.arrays, checked.result.model, checked.result.trace
     probs = torch.sigmoid(torch.from_numpy(fx["segm_pred"]))[:, None, None]  # (N, 1, 1, H, W)
     with torch.no_grad():
-        encs = [run.model.encode_label(run.images[N_TRAIN + i], p) for i, p in enumerate(probs)]
+        encs = [model.encode_label(trace.images[N_TRAIN + i], p) for i, p in enumerate(probs)]
     ours = {
         "enc_tm": cat([e.e2 for e in encs]),
         "enc_tr": cat([e.e1 for e in encs]),
         "sample_weight": cat([e.weight for e in encs]),
     }
     rows = {name: fx[name][N_TRAIN:] for name in ours}
-    assert_within(errors(rows, ours, list(ours)))
+    assert_within(compare(rows, ours, list(ours)))
+
+
+# --- the fixture's shape and variant come from its arrays ------------------------------------------------------
+
+
+def frames(count: int, height: int, width: int) -> dict[str, np.ndarray]:
+    return {
+        "frames_rgb": np.zeros((count, height, width, 3), np.uint8),
+        "masks": np.zeros((count, height, width), np.uint8),
+    }
+
+
+def test_frame_layout_reads_count_and_size() -> None:
+    assert parity.frame_layout(frames(5, 192, 320)) == parity.FrameLayout(1, 4, 192, 320)
+    assert parity.frame_layout(frames(2, 256, 448)) == parity.FrameLayout(1, 1, 256, 448)
+    bad = [
+        frames(1, 192, 320),  # no test frame
+        frames(3, 200, 320),  # not a multiple of 16
+        {**frames(3, 192, 320), "masks": np.zeros((2, 192, 320), np.uint8)},
+        {**frames(3, 192, 320), "frames_rgb": np.zeros((3, 192, 320), np.uint8)},
+    ]
+    for arrays in bad:
+        with pytest.raises(ValueError):
+            parity.frame_layout(arrays)
+
+
+def test_fixture_variant_from_meta_or_arrays() -> None:
+    assert parity.fixture_variant({}, {"which": "joint"}) == "joint"
+    assert parity.fixture_variant({"dlgm_feat": np.zeros(1)}, {}) == "llb"
+    assert parity.fixture_variant({}, {}) == "joint"
+    with pytest.raises(ValueError, match="stm"):
+        parity.fixture_variant({}, {"which": "stm"})
+
+
+# --- a self-made fixture: other frame size, 3 test frames -------------------------------------------------------
+
+SIZE = (128, 192)  # H, W of the self-made fixture: multiples of 32, another aspect ratio than 448x256
+ORDER = [0, 1, 2, 1]  # the train frame, then 3 test frames
+SEED_BASE = 1234  # written into meta_json; the stand-in weight builder accepts only this one
+
+STANDIN = '''"""Stand-in for make_weights.py: the rule-built weights, saved by the test (building takes seconds)."""
+from safetensors.torch import load_file
+
+
+def build_state_dict(tsv_path, seed_base=1000):
+    assert seed_base == {seed_base}, "the seed base was not read from meta_json"
+    return load_file({weights!r})
+
+
+def digest(state):
+    return {digest!r}
+'''
+
+
+def fixture_like(reference: Mapping[str, np.ndarray], ours: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Our full arrays stored with the reference fixture's conventions: its arrays (the numbered ones for every
+    frame), bb_* for test frame 0 only, its channel steps, and its statistics over all rows."""
+    out = {}
+    for name, full in ours.items():
+        family = re.sub(r"^(tau|tr_mem_sa_)\d+$", r"\g<1>0", name)
+        if family not in reference:  # dlgm_feat of a JOINT fixture
+            continue
+        ref = reference[family]
+        kept = full[:1] if name.startswith("bb_") else full
+        if kept.ndim == 4 and ref.shape[1] != kept.shape[1]:
+            kept = kept[:, :: kept.shape[1] // ref.shape[1]]
+        out[name] = kept.astype(np.float32)
+        out |= {name + s: stat(full).astype(np.float32) for s, stat in parity.STATS.items() if family + s in reference}
+    return out
+
+
+@pytest.fixture(scope="module")
+def self_made(checks: Callable[[str], Checked], official_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fixture folder made by our own driver: JOINT on 1 train + 3 test frames of 192x128, with a stand-in
+    make_weights.py beside it and the real layout table."""
+    result = checks("joint").result
+    fx = result.fixture.arrays
+    h, w = SIZE
+    arrays = {
+        "frames_rgb": np.stack([cv2.resize(fx["frames_rgb"][i], (w, h), interpolation=cv2.INTER_AREA) for i in ORDER]),
+        "masks": np.stack([cv2.resize(fx["masks"][i], (w, h), interpolation=cv2.INTER_NEAREST) for i in ORDER]),
+        "loss_init": fx["loss_init"],  # read for its length: the number of learner steps
+        "loss_refine": fx["loss_refine"],
+        "lam_value": fx["lam_value"],
+    }
+    ours = parity.run_data_flow(result.model, arrays).arrays
+    arrays |= fixture_like(fx, ours)
+    steps = {n: ours[n].shape[1] // a.shape[1] for n, a in arrays.items() if n in ours and a.ndim == 4}
+    meta = {
+        "which": "joint",
+        "seed_base": SEED_BASE,
+        "weights_sha256": result.fixture.meta["weights_sha256"],
+        "slices": {n: f"channels ::{k}" if k > 1 else "all" for n, k in steps.items()},
+    }
+    folder = tmp_path_factory.mktemp("self_made")
+    np.savez(folder / "fixture_joint.npz", **arrays, meta_json=np.array(json.dumps(meta)))
+    save_file(result.official, str(folder / "weights.safetensors"))
+    source = STANDIN.format(
+        seed_base=SEED_BASE, weights=str(folder / "weights.safetensors"), digest=meta["weights_sha256"]
+    )
+    (folder / "make_weights.py").write_text(source)
+    (folder / "joint_state_dict.tsv").symlink_to(official_dir / "joint_state_dict.tsv")
+    return folder
+
+
+def rewrite(folder: Path, name: str, change: Callable[[dict[str, np.ndarray]], None]) -> Path:
+    """A copy of the self-made fixture, changed in place by `change`."""
+    with np.load(folder / "fixture_joint.npz") as z:
+        arrays = {key: z[key] for key in z.files}
+    change(arrays)
+    np.savez(folder / name, **arrays)
+    return folder / name
+
+
+def test_check_official_reads_frames_and_size_from_the_fixture(self_made: Path) -> None:
+    checked = check_via_cli(self_made / "fixture_joint.npz")
+    assert checked.code == 0, checked.output
+    assert "1 train + 3 test frames of 192x128" in checked.output and f"seed base {SEED_BASE}" in checked.output
+    names = [row.name for row in checked.result.rows]
+    assert {"tr_mem_sa_2", "tau2", "tau2__norm"} <= set(names) and "dlgm_feat" not in names
+    assert checked.result.trace.arrays["segm_pred"].shape == (3, *SIZE)
+
+
+def test_check_official_fails_on_a_perturbed_stage(self_made: Path) -> None:
+    def perturb(arrays: dict[str, np.ndarray]) -> None:
+        arrays["E1_star"] = arrays["E1_star"] * np.float32(1.01)
+        meta = json.loads(str(arrays["meta_json"]))
+        del meta["which"]  # the variant then comes from the arrays: no dlgm_feat, JOINT
+        arrays["meta_json"] = np.array(json.dumps(meta))
+
+    checked = check_via_cli(rewrite(self_made, "fixture_perturbed.npz", perturb))
+    assert checked.code == 1
+    assert [row.name for row in checked.result.rows if not row.passed] == ["E1_star"]
+    assert re.search(r"^E1_star +9\.\d\de-03  FAIL$", checked.output, re.MULTILINE), checked.output
+    assert "first failure in data-flow order: E1_star" in checked.output
+
+
+def test_check_official_refuses_weights_of_another_digest(self_made: Path) -> None:
+    def other_digest(arrays: dict[str, np.ndarray]) -> None:
+        meta = json.loads(str(arrays["meta_json"])) | {"weights_sha256": "0" * 64}
+        arrays["meta_json"] = np.array(json.dumps(meta))
+
+    with pytest.raises(ValueError, match="sha256"):
+        parity.check_official(rewrite(self_made, "fixture_digest.npz", other_digest), log=lambda _: None)
 
 
 # --- the importer --------------------------------------------------------------------------------------------
 
 
-def test_importer_accounts_for_every_tsv_row(official: Official, run: Run) -> None:
-    report = run.report
+def test_importer_accounts_for_every_tsv_row(checked: Checked, official_dir: Path) -> None:
+    result, variant = checked.result, checked.result.fixture.variant
+    make_weights = parity.load_make_weights(official_dir / "make_weights.py")
+    tsv_keys = [row[0] for row in make_weights.read_tsv(str(official_dir / f"{variant}_state_dict.tsv"))]
+    report = result.report
     assert set(report.loaded).isdisjoint(report.dropped)
-    assert set(report.loaded) | set(report.dropped) == set(official.tsv_keys)
+    assert set(report.loaded) | set(report.dropped) == set(tsv_keys)
     assert all(report.dropped.values())
     assert all(not re.search(r"\.WV\.|\.head\.|^transformer\.decoder\.self_attn\.", k) for k in report.loaded)
-    assert sorted(report.loaded.values()) == sorted(run.model.state_dict())
-    assert report.facts["D"] == official.meta["D"] and report.config.variant == official.variant
-    expected = paper_config(official.variant)
+    assert sorted(report.loaded.values()) == sorted(result.model.state_dict())
+    assert report.facts["D"] == result.fixture.meta["D"] and report.config.variant == variant
+    expected = paper_config(variant)
     expected.backbone.pretrained = expected.label.pretrained = False
     assert report.config == expected
-    assert f"loaded {len(report.loaded)} tensors, dropped {len(report.dropped)}" in report.summary()
+    summary = report.summary()
+    assert f"loaded {len(report.loaded)} tensors, dropped {len(report.dropped)}" in summary
+    assert all(key in summary for key in report.dropped)
 
 
-def test_tampered_shared_self_attention_raises(official: Official) -> None:
+def test_tampered_shared_self_attention_raises(checked: Checked) -> None:
+    official = checked.result.official
     key = "transformer.decoder.self_attn.WK.weight"
-    state = dict(official.state) | {key: official.state[key] + 1e-3}
+    state = dict(official) | {key: official[key] + 1e-3}
     with pytest.raises(OfficialImportError, match=re.escape(key)):
         convert_state_dict(state)
 
 
-def test_wrong_shape_names_key_and_both_shapes(official: Official) -> None:
+def test_wrong_shape_names_key_and_both_shapes(checked: Checked) -> None:
     key = "decoder.project.conv1.weight"
-    state = dict(official.state) | {key: torch.zeros(32, 64, 1, 1)}
+    state = dict(checked.result.official) | {key: torch.zeros(32, 64, 1, 1)}
     with pytest.raises(OfficialImportError) as err:
         convert_state_dict(state)
     for part in (key, "decoder.project_conv1.weight", "(32, 64, 1, 1)", "(32, 64, 3, 3)"):
         assert part in str(err.value)
 
 
-def test_unknown_key_raises(official: Official) -> None:
-    state = dict(official.state) | {"decoder.extra.weight": torch.zeros(1)}
+def test_unknown_key_raises(checked: Checked) -> None:
+    state = dict(checked.result.official) | {"decoder.extra.weight": torch.zeros(1)}
     with pytest.raises(OfficialImportError, match=re.escape("decoder.extra.weight")):
         convert_state_dict(state)
 
@@ -474,20 +475,25 @@ def test_checkpoint_without_state_dict_raises(tmp_path: Path) -> None:
         read_official_checkpoint(tmp_path / "x.pth")
 
 
-def test_import_official_round_trip(
-    ltr: None, official: Official, run: Run, forward_out: SequenceOutput, tmp_path: Path
-) -> None:
-    """Official-format file -> import_official -> load_model gives the same network and logits."""
-    save_official(official.state, tmp_path / "official.pth.tar")
-    out = tmp_path / f"paper-{official.variant}.safetensors"
-    report = import_official(tmp_path / "official.pth.tar", out)
-    assert EXECUTED == [] and report.loaded == run.report.loaded
-    _, _, meta = read_checkpoint(out)
-    assert json.loads(meta["info"])["source"] == "official"
-    model = load_model(out, config="paper", variant=official.variant)
-    assert model.trained
-    reference = run.model.state_dict()
-    assert all(torch.equal(value, reference[key]) for key, value in model.state_dict().items())
-    with torch.no_grad():
-        out = model(run.images[:N_TRAIN], run.masks[:N_TRAIN], run.images[N_TRAIN:], *learner_iters(official.fx))
-    assert torch.equal(out.logits, forward_out.logits)
+def test_import_official_command(ltr: None, checked: Checked, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """`llb import-official` on a pytracking-layout file: no pickled code runs, the report and the output path
+    are printed, and the checkpoint loads as `--config paper` with the tensors the check ran."""
+    result = checked.result
+    save_official(result.official, tmp_path / "official.pth.tar")
+    out = tmp_path / "imported.safetensors"
+    assert run_import(parse(add_import_arguments, [str(tmp_path / "official.pth.tar"), "--out", str(out)])) == 0
+    printed = capsys.readouterr().out
+    assert EXECUTED == []
+    for part in (f"loaded {len(result.report.loaded)} tensors", *result.report.dropped, f"wrote {out}"):
+        assert part in printed
+    assert f"--config paper --checkpoint {out}" in printed
+    _, state, meta = read_checkpoint(out)
+    assert json.loads(meta["info"])["source"] == "official" and meta["trained"] == "true"
+    reference = result.model.state_dict()
+    assert state.keys() == reference.keys() and all(torch.equal(v, reference[k]) for k, v in state.items())
+    assert load_model(out, config="paper").cfg.variant == result.fixture.variant
+
+
+def test_import_official_wants_a_safetensors_output() -> None:
+    with pytest.raises(SystemExit):
+        parse(add_import_arguments, ["official.pth.tar", "--out", "model.pth"])
