@@ -1,0 +1,553 @@
+"""LLB video object segmentation: the Gradio app (also a Hugging Face Space).
+
+Only the UI lives here: components, their wiring and the mapping of UI values to `llb.studio` (sessions,
+clips, objects, runs, results) and `llb.interactive` (click segmentation). Every handler is also a named API
+endpoint (see the README's App section); bad input ends in a message, never a traceback.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import inspect
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import gradio as gr
+
+from llb.checkpoint import CheckpointError
+from llb.interactive import ClickSegmenter, default_segmenter
+from llb.studio.clip import UPLOAD_TYPES, prepare_clip
+from llb.studio.engine import NAMES, Models, device_name, propagate
+from llb.studio.examples import example_path, load_examples
+from llb.studio.project import Project, Sessions
+from llb.studio.results import CUTOUTS, RunResult, gate_heatmaps, render
+from llb.studio.settings import UNTRAINED, Settings
+from llb.studio.views import (
+    ADD_COLOUR,
+    ERASE_COLOUR,
+    disagreement_table,
+    editor_value,
+    gate_table,
+    legend,
+    working_view,
+)
+from llb.studio.views import strokes as editor_strokes
+from llb.video.io import VideoError
+from llb.video.masks import load_mask
+
+log = logging.getLogger("llb.app")
+SETTINGS = Settings.from_env()
+MODELS = Models(SETTINGS)
+SESSIONS = Sessions(SETTINGS.work_root, SETTINGS.session_ttl_s)
+EXAMPLES = {e.title: e for e in load_examples(SETTINGS)}
+PROGRESS = gr.Progress()  # the default that tells Gradio to pass a progress tracker
+PREVIEW_EVERY_S = 0.3  # at most ~3 preview images a second reach the browser
+_segmenter: ClickSegmenter | None = None
+_segmenter_lock = threading.Lock()
+atexit.register(SESSIONS.close_all)
+
+# Keeps the two comparison videos playing, pausing and seeking together.
+HEAD = """<script>
+(() => {
+  const ids = ['#cmp-llb video', '#cmp-joint video'];
+  const peers = (v) => [...document.querySelectorAll(ids.join(','))].filter((o) => o !== v);
+  for (const type of ['play', 'pause', 'seeked', 'ratechange']) {
+    document.addEventListener(type, (e) => {
+      const v = e.target;
+      if (!(v instanceof HTMLVideoElement) || v.dataset.syncing || !v.closest('#cmp-llb, #cmp-joint')) return;
+      for (const o of peers(v)) {
+        o.dataset.syncing = '1';
+        if (Math.abs(o.currentTime - v.currentTime) > 0.05) o.currentTime = v.currentTime;
+        o.playbackRate = v.playbackRate;
+        if (type === 'play') o.play().catch(() => {});
+        if (type === 'pause') o.pause();
+        setTimeout(() => delete o.dataset.syncing, 100);
+      }
+    }, true);
+  }
+})();
+</script>"""
+
+
+def segmenter() -> ClickSegmenter:
+    """The click segmenter, loaded on first use and shared by all sessions."""
+    global _segmenter
+    with _segmenter_lock:
+        if _segmenter is None:
+            _segmenter = default_segmenter()
+        return _segmenter
+
+
+def project_of(request: gr.Request | None) -> Project:
+    """This browser session's project (API clients get one per client session too)."""
+    return SESSIONS.get(getattr(request, "session_hash", None) or "default")
+
+
+def guard(fn: Callable) -> Callable:
+    """Turn the errors a person can cause into a message in the UI (gr.Error), and log anything else."""
+    expected = (VideoError, CheckpointError, ValueError, IndexError, FileNotFoundError)
+
+    def fail(err: Exception) -> gr.Error:
+        if isinstance(err, gr.Error):
+            return err
+        if isinstance(err, expected):
+            return gr.Error(str(err))
+        log.exception("unexpected error in %s", fn.__name__)
+        return gr.Error(f"Something went wrong ({type(err).__name__}: {err}). The app keeps running; try again.")
+
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def stream(*args: Any, **kwargs: Any) -> Iterator[Any]:
+            try:
+                yield from fn(*args, **kwargs)
+            except Exception as err:
+                raise fail(err) from err
+
+        return stream
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:
+            raise fail(err) from err
+
+    return call
+
+
+def model_status() -> str:
+    """The banner: which network runs where, or what is missing."""
+    problem = MODELS.problem("llb")
+    if problem:
+        return f"### ⚠️ {problem}"
+    if SETTINGS.allow_untrained:
+        return f"### ⚠️ Development mode (LLB_ALLOW_UNTRAINED=1): outputs are stamped “{UNTRAINED}”."
+    return ""
+
+
+def refresh(project: Project, message: str = "") -> tuple:
+    """Values of the working-frame outputs: view, editor, object dropdown, name box, legend, status."""
+    objects = gr.update(choices=project.choices(), value=project.current)
+    name = project.objects.get(project.current, "") if project.current else ""
+    frame = f"frame {project.active}" + (" (reference)" if project.active == project.reference else " (correction)")
+    status = message or (f"{frame}: {len(project.objects)} object(s)" if project.clip else "")
+    return working_view(project), editor_value(project), objects, name, legend(project), status
+
+
+def _load(project: Project, path: str) -> tuple:
+    clip = prepare_clip(path, project.workdir, SETTINGS)
+    with project.lock:
+        project.set_clip(clip)
+    if clip.notice:
+        gr.Warning(clip.notice)
+    last = clip.num_frames - 1
+    info = f"**{clip.source}**: {clip.num_frames} frames, {clip.width}x{clip.height}, {clip.fps:g} fps. {clip.notice}"
+    return (
+        info,
+        str(clip.preview),
+        gr.update(minimum=0, maximum=last, value=0, interactive=last > 0),
+        gr.update(minimum=0, maximum=last, value=0),
+        *refresh(project, f"loaded {clip.source}: {clip.num_frames} frames"),
+    )
+
+
+@guard
+def load_video(file: str | None, request: gr.Request) -> tuple:
+    """1. An uploaded video, gif or zip of frames."""
+    if not file:
+        raise gr.Error("no file arrived: choose a video to upload")
+    return _load(project_of(request), file)
+
+
+@guard
+def load_example(title: str | None, request: gr.Request) -> tuple:
+    """1. One of the example clips."""
+    if title not in EXAMPLES:
+        raise gr.Error(f"unknown example {title!r}: choose one of {', '.join(EXAMPLES)}")
+    return _load(project_of(request), str(example_path(EXAMPLES[title], SETTINGS)))
+
+
+@guard
+def set_reference(index: float, request: gr.Request) -> tuple:
+    """2. The reference frame: objects are defined here and tracked from here (both ways)."""
+    project = project_of(request)
+    clip = project.require_clip()
+    index = int(index)
+    if not 0 <= index < clip.num_frames:
+        raise gr.Error(f"frame {index} is outside the clip (0..{clip.num_frames - 1})")
+    with project.lock:
+        project.reference = project.active = index
+    return refresh(project)
+
+
+@guard
+def show_frame(index: float, request: gr.Request) -> tuple:
+    """7. View a later frame to correct it (its result, with any edits on top)."""
+    project = project_of(request)
+    clip = project.require_clip()
+    index = int(index)
+    if not project.reference <= index < clip.num_frames:
+        raise gr.Error(f"corrections go on frames {project.reference}..{clip.num_frames - 1}")
+    with project.lock:
+        project.active = index
+    return refresh(project)
+
+
+@guard
+def click(x: float, y: float, mode: str, request: gr.Request) -> tuple:
+    """3. A click at (x, y) pixels of the working frame; `mode` 'object' (positive) or 'background'."""
+    project = project_of(request)
+    with project.lock:
+        project.click(project.active, int(x), int(y), mode != "background", segmenter())
+    return refresh(project)
+
+
+def on_select(mode: str, evt: gr.SelectData, request: gr.Request) -> tuple:
+    """A click on the image in the browser (the API uses `click`)."""
+    x, y = evt.index
+    return click(x, y, mode, request)
+
+
+@guard
+def undo_click(request: gr.Request) -> tuple:
+    project = project_of(request)
+    with project.lock:
+        project.undo_click(project.active, segmenter())
+    return refresh(project)
+
+
+def _apply_strokes(project: Project, editor: dict | None) -> bool:
+    clip = project.require_clip()
+    painted = editor_strokes(editor, (clip.height, clip.width))
+    if painted is not None:
+        with project.lock:
+            project.paint(project.active, *painted)
+    return painted is not None
+
+
+@guard
+def paint(editor: dict | None, request: gr.Request) -> tuple:
+    """3. Brush strokes: green adds to the current object, red erases from it."""
+    project = project_of(request)
+    if not _apply_strokes(project, editor):
+        gr.Warning("nothing painted: draw on the frame with the green (add) or red (erase) brush first")
+    return refresh(project)
+
+
+@guard
+def upload_mask(file: str | None, request: gr.Request) -> tuple:
+    """3. A mask PNG (palette, grey or colour) for the working frame; each id or colour is an object."""
+    project = project_of(request)
+    clip = project.require_clip()
+    if not file:
+        raise gr.Error("no mask arrived: choose a PNG")
+    labels = load_mask(file, size=(clip.width, clip.height))
+    with project.lock:
+        ids = project.set_labels(project.active, labels)
+    return refresh(project, f"mask loaded: {len(ids)} object(s)")
+
+
+@guard
+def add_object(name: str, request: gr.Request) -> tuple:
+    project = project_of(request)
+    project.require_clip()
+    with project.lock:
+        new = project.add_object(None if name in project.objects.values() else name)
+    return refresh(project, f"object {new} added: click it")
+
+
+@guard
+def select_object(object_id: float | None, request: gr.Request) -> tuple:
+    project = project_of(request)
+    if object_id is not None:
+        with project.lock:
+            project.select(int(object_id))
+    return refresh(project)
+
+
+@guard
+def rename_object(name: str, request: gr.Request) -> tuple:
+    project = project_of(request)
+    with project.lock:
+        project.rename(name)
+    return refresh(project)
+
+
+@guard
+def delete_object(request: gr.Request) -> tuple:
+    project = project_of(request)
+    with project.lock:
+        project.delete()
+    return refresh(project)
+
+
+def _require_model(variant: str) -> None:
+    problem = MODELS.problem(variant)
+    if problem:
+        raise gr.Error(problem, duration=None)
+
+
+def _results(project: Project, result: RunResult, cutout: str) -> tuple:
+    """Overlay video, cut-out video, masks zip, gate plot and heat map of a finished (or stopped) run."""
+    paths = render(result, project.require_clip(), project.workdir / "outputs", cutout)
+    heat = gate_heatmaps(result, min(result.gates, default=0), project.objects)
+    last = max(result.gates, default=0)
+    return (
+        str(paths["overlay"]),
+        str(paths["cutout"]) if paths["cutout"] else None,
+        str(paths["zip"]),
+        gate_table(result),
+        gr.update(minimum=min(result.gates, default=0), maximum=last, value=min(result.gates, default=0)),
+        heat,
+    )
+
+
+def _stream(project: Project, variant: str, start: int | None, progress: gr.Progress) -> Iterator[tuple]:
+    """Run the engine, yielding (preview, status) at most every PREVIEW_EVERY_S, then the RunResult."""
+    last = 0.0
+    for step in propagate(project, MODELS, variant, start):
+        if step.result is not None:
+            yield step.result
+            return
+        progress((step.done, step.total), desc=step.message)
+        if step.preview is not None and time.monotonic() - last >= PREVIEW_EVERY_S:
+            last = time.monotonic()
+            yield step.preview, step.message
+
+
+def _run(project: Project, start: int | None, cutout: str, editor: dict | None, progress: gr.Progress) -> Iterator:
+    project.require_clip()
+    _require_model("llb")
+    _apply_strokes(project, editor)
+    keep = (gr.update(),) * 7
+    for item in _stream(project, "llb", start, progress):
+        if isinstance(item, RunResult):
+            project.result = item
+            status = f"{'stopped' if item.stopped else 'done'}: {len(item.frames())} frames · {item.fps:.1f} frames/s"
+            status += f" on {item.device}"
+            yield gr.update(), status, *_results(project, item, cutout), gr.update(maximum=project.clip.num_frames - 1)
+            return
+        yield *item, *keep
+
+
+@guard
+def run(cutout: str, editor: dict | None, request: gr.Request, progress: gr.Progress = PROGRESS) -> Iterator:
+    """4-5. Track the objects through the clip; streams the preview, then the result files."""
+    yield from _run(project_of(request), None, cutout, editor, progress)
+
+
+@guard
+def repropagate(
+    index: float, cutout: str, editor: dict | None, request: gr.Request, progress: gr.Progress = PROGRESS
+) -> Iterator:
+    """7. Re-track from a corrected frame: it joins the memory; earlier frames keep their masks."""
+    project = project_of(request)
+    if project.result is None:
+        raise gr.Error("run once first; then correct a later frame and re-propagate from it")
+    with project.lock:
+        project.active = int(index)
+    yield from _run(project, int(index), cutout, editor, progress)
+
+
+@guard
+def stop(request: gr.Request) -> str:
+    """Stop the running propagation; the frames done so far are kept and rendered."""
+    project_of(request).stop.set()
+    return "stopping… the frames done so far are kept"
+
+
+@guard
+def compare(request: gr.Request, progress: gr.Progress = PROGRESS) -> Iterator:
+    """6. The same clip, objects and reference through LLB and the JOINT-style baseline, side by side."""
+    project = project_of(request)
+    clip = project.require_clip()
+    for variant in ("llb", "joint"):
+        _require_model(variant)
+    videos: dict[str, str] = {}
+    for variant in ("llb", "joint"):
+        for item in _stream(project, variant, None, progress):
+            if isinstance(item, RunResult):
+                project.compare[variant] = item
+                videos[variant] = str(render(item, clip, project.workdir / "outputs")["overlay"])
+            else:
+                yield f"{NAMES[variant]}: {item[1]}", *(gr.update(),) * 6
+    llb, joint = project.compare["llb"], project.compare["joint"]
+    first = min(llb.gates, default=0)
+    yield (
+        f"compared on {len(llb.frames())} frames · LLB {llb.fps:.1f} frames/s, JOINT-style {joint.fps:.1f} frames/s",
+        videos["llb"],
+        videos["joint"],
+        disagreement_table(llb, joint),
+        gate_table(llb),
+        gr.update(minimum=first, maximum=max(llb.gates, default=0), value=first),
+        gate_heatmaps(llb, first, project.objects),
+    )
+
+
+@guard
+def gate_frame(index: float, request: gr.Request) -> Any:
+    """6. Heat maps of the AFM gates on one frame (the comparison's LLB run, else the last run)."""
+    project = project_of(request)
+    result = project.compare.get("llb") or project.result
+    if result is None or not result.gates:
+        raise gr.Error("run (or compare) first: the gate maps come from an LLB run")
+    return gate_heatmaps(result, int(index), project.objects)
+
+
+def close_session(request: gr.Request) -> None:
+    SESSIONS.close(request.session_hash)
+
+
+def build() -> gr.Blocks:
+    """The Blocks app (not launched)."""
+    ready = MODELS.problem("llb") is None
+    with gr.Blocks(title="LLB video object segmentation", delete_cache=(900, 3600)) as demo:
+        gr.Markdown(
+            "# LLB: video object segmentation\n"
+            "Click or paint objects on one frame; LLB (*Learning to Learn Better*, AAAI 2023) tracks them "
+            f"through the video. Runs on **{device_name()}**; clicks: **{segmenter().name}**."
+        )
+        gr.Markdown(model_status(), elem_id="model-status")
+        with gr.Row():
+            with gr.Column(scale=2):
+                upload = gr.File(
+                    label="1. Upload a video (mp4, webm, mov, avi, mkv, gif) or a zip of frames",
+                    file_types=list(UPLOAD_TYPES),
+                    elem_id="upload",
+                )
+                example = gr.Dropdown(
+                    choices=list(EXAMPLES), value=None, label="… or pick an example clip", elem_id="example"
+                )
+                gr.Markdown(
+                    "Examples: " + "; ".join(e.credit_line() for e in EXAMPLES.values())
+                    if EXAMPLES
+                    else f"(no example clips in {SETTINGS.examples_dir}: set LLB_EXAMPLES_DIR)"
+                )
+                clip_info = gr.Markdown(elem_id="clip-info")
+                input_video = gr.Video(label="Clip as processed", interactive=False, elem_id="input-video")
+                legend_html = gr.HTML(legend_placeholder(), elem_id="legend")
+                with gr.Row():
+                    objects = gr.Dropdown(label="Current object", choices=[], elem_id="object")
+                    name = gr.Textbox(label="Name", elem_id="object-name")
+                with gr.Row():
+                    add_btn = gr.Button("Add object", elem_id="add-object")
+                    rename_btn = gr.Button("Rename", elem_id="rename-object")
+                    delete_btn = gr.Button("Delete", elem_id="delete-object")
+                mask_file = gr.File(label="… or upload a mask PNG", file_types=[".png"], elem_id="mask-upload")
+            with gr.Column(scale=3):
+                ref = gr.Slider(0, 1, value=0, step=1, label="2. Reference frame", interactive=False, elem_id="ref")
+                view = gr.Image(
+                    label="3. Click the object (green) or the background (red)",
+                    interactive=False,
+                    elem_id="view",
+                    buttons=[],
+                )
+                with gr.Row():
+                    mode = gr.Radio(["object", "background"], value="object", label="A click marks", elem_id="mode")
+                    undo_btn = gr.Button("Undo click", elem_id="undo")
+                click_x = gr.Number(visible=False)
+                click_y = gr.Number(visible=False)
+                click_btn = gr.Button(visible=False)
+                with gr.Accordion("Brush and eraser: green adds to the current object, red erases", open=True):
+                    editor = gr.ImageEditor(
+                        type="numpy",
+                        sources=(),
+                        brush=gr.Brush(colors=[ADD_COLOUR, ERASE_COLOUR], default_color=ADD_COLOUR, color_mode="fixed"),
+                        layers=False,
+                        label="Paint, then Apply (Run applies pending strokes too)",
+                        elem_id="editor",
+                    )
+                    paint_btn = gr.Button("Apply brush", elem_id="apply-brush")
+                status = gr.Textbox(label="Status", interactive=False, elem_id="status")
+        with gr.Row():
+            cutout = gr.Radio(list(CUTOUTS), value="none", label="Cut-out video", elem_id="cutout-mode")
+            run_btn = gr.Button("4. Run", variant="primary", interactive=ready, elem_id="run")
+            stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
+        with gr.Row():
+            preview = gr.Image(label="Propagating", interactive=False, elem_id="preview")
+            out_video = gr.Video(label="5. Overlay video", interactive=False, elem_id="vout")
+            cut_video = gr.Video(label="Cut-out video", interactive=False, elem_id="cutout")
+        masks_zip = gr.File(label="Masks (DAVIS palette PNGs, zip)", interactive=False, elem_id="masks-zip")
+        with gr.Tabs():
+            with gr.Tab("6. Compare LLB and JOINT", elem_id="compare-tab"):
+                compare_btn = gr.Button("Compare", interactive=ready, elem_id="compare")
+                compare_status = gr.Textbox(label="Comparison", interactive=False, elem_id="compare-status")
+                with gr.Row():
+                    cmp_llb = gr.Video(label="LLB (AFM fusion)", interactive=False, elem_id="cmp-llb")
+                    cmp_joint = gr.Video(label="JOINT-style (sum fusion)", interactive=False, elem_id="cmp-joint")
+                disagree = gr.LinePlot(
+                    x="frame", y="disagreement", y_lim=[0, 1], label="Disagreement per frame (1 - mean IoU)"
+                )
+                gates = gr.LinePlot(
+                    x="frame", y="gate", color="branch", y_lim=[0, 1], label="AFM gates per frame (mean over objects)"
+                )
+                gate_slider = gr.Slider(0, 1, value=0, step=1, label="Gate maps of frame", elem_id="gate-frame")
+                gate_image = gr.Image(
+                    label="AFM gate maps per object: transduction (left), induction (right)",
+                    interactive=False,
+                    elem_id="gate-maps",
+                )
+            with gr.Tab("7. Correct", elem_id="correct-tab"):
+                gr.Markdown(
+                    "Pick a later frame, fix its mask above (clicks, brush or a mask PNG), then re-propagate: "
+                    "the fixed frame joins the memory and the frames after it are tracked again."
+                )
+                correct_frame = gr.Slider(0, 1, value=0, step=1, label="Frame to correct", elem_id="correct-frame")
+                repro_btn = gr.Button("Re-propagate from this frame", interactive=ready, elem_id="repropagate")
+
+        working = [view, editor, objects, name, legend_html, status]
+        loaded = [clip_info, input_video, ref, correct_frame, *working]
+        results = [preview, status, out_video, cut_video, masks_zip, gates, gate_slider, gate_image, correct_frame]
+        engine = {"concurrency_id": "engine", "concurrency_limit": SETTINGS.max_jobs}
+        upload.upload(load_video, upload, loaded, api_name="load_video")
+        example.input(load_example, example, loaded, api_name="load_example")
+        ref.release(set_reference, ref, working, api_name="set_reference")
+        view.select(on_select, mode, working, api_visibility="private")
+        click_btn.click(click, [click_x, click_y, mode], working, api_name="click")
+        undo_btn.click(undo_click, None, working, api_name="undo_click")
+        paint_btn.click(paint, editor, working, api_name="paint")
+        mask_file.upload(upload_mask, mask_file, working, api_name="upload_mask")
+        add_btn.click(add_object, name, working, api_name="add_object")
+        objects.input(select_object, objects, working, api_name="select_object")
+        rename_btn.click(rename_object, name, working, api_name="rename_object")
+        delete_btn.click(delete_object, None, working, api_name="delete_object")
+        run_btn.click(run, [cutout, editor], results, api_name="run", show_progress_on=[status], **engine)
+        stop_btn.click(stop, None, status, api_name="stop", concurrency_limit=None)
+        correct_frame.release(show_frame, correct_frame, working, api_name="show_frame")
+        repro_btn.click(
+            repropagate,
+            [correct_frame, cutout, editor],
+            results,
+            api_name="repropagate",
+            show_progress_on=[status],
+            **engine,
+        )
+        compare_outputs = [compare_status, cmp_llb, cmp_joint, disagree, gates, gate_slider, gate_image]
+        compare_btn.click(
+            compare, None, compare_outputs, api_name="compare", show_progress_on=[compare_status], **engine
+        )
+        gate_slider.release(gate_frame, gate_slider, gate_image, api_name="gate_frame")
+        demo.unload(close_session)
+    demo.queue(default_concurrency_limit=2, max_size=SETTINGS.queue_size)
+    return demo
+
+
+def legend_placeholder() -> str:
+    return "<p>Upload a clip or pick an example to start.</p>"
+
+
+def launch(demo: gr.Blocks, **kwargs: Any) -> Any:
+    """Launch with the page script that synchronises the comparison videos and the upload limit."""
+    return demo.launch(head=HEAD, max_file_size=f"{SETTINGS.max_upload_mb}mb", **kwargs)
+
+
+demo = build()
+
+if __name__ == "__main__":
+    launch(demo, server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))

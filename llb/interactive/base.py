@@ -1,0 +1,37 @@
+"""The interface every click segmenter implements, and the click type it takes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Click:
+    """A click in image pixels; `positive` marks the object, otherwise the background."""
+
+    x: int
+    y: int
+    positive: bool = True
+
+
+class ClickSegmenter(Protocol):
+    """Clicks on an RGB frame -> a binary mask of one object.
+
+    `prior` is the object's current mask on that frame when there is one (a propagated result being
+    corrected, an uploaded mask); backends use it as the starting guess that the clicks then fix.
+    """
+
+    name: str
+
+    def segment(self, image: np.ndarray, clicks: Sequence[Click], prior: np.ndarray | None = None) -> np.ndarray:
+        """(H, W) bool mask; empty when there is no positive click and no prior."""
+        ...
+
+
+def click_radius(shape: tuple[int, ...]) -> int:
+    """Radius of the disc a click pins as certain object or background: about 1.2% of the shorter side."""
+    return max(3, round(min(shape[:2]) * 0.012))

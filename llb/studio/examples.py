@@ -1,0 +1,51 @@
+"""The example clips: listed with their credits in examples/examples.json, read from a local folder
+($LLB_EXAMPLES_DIR, default ../shared/examples) or, on a Space, from a Hub dataset ($LLB_EXAMPLES_REPO)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from llb.video.io import VideoError
+
+from .settings import REPO, Settings
+
+LIST = REPO / "examples" / "examples.json"
+
+
+@dataclass(frozen=True)
+class Example:
+    file: str
+    title: str
+    credit: str
+    license: str
+    source: str
+
+    def credit_line(self) -> str:
+        return f"*{self.title}*: {self.credit}, {self.license} ([source]({self.source}))"
+
+
+def load_examples(settings: Settings) -> list[Example]:
+    """The listed clips that can be had here (present locally, or a Hub repo is configured)."""
+    clips = json.loads(LIST.read_text())["clips"] if LIST.is_file() else []
+    examples = [Example(c["file"], c["title"], c["credit"], c["license"], c["source"]) for c in clips]
+    if settings.examples_repo:
+        return examples
+    return [e for e in examples if (settings.examples_dir / e.file).is_file()]
+
+
+def example_path(example: Example, settings: Settings) -> Path:
+    """The clip's local path, downloaded from the Hub dataset when it is not in the local folder."""
+    local = settings.examples_dir / example.file
+    if local.is_file():
+        return local
+    if settings.examples_repo and os.environ.get("HF_HUB_OFFLINE", "").lower() not in ("1", "true", "yes"):
+        from huggingface_hub import hf_hub_download
+
+        try:
+            return Path(hf_hub_download(settings.examples_repo, example.file, repo_type="dataset"))
+        except Exception as err:  # any Hub failure: the example is not available here
+            raise VideoError(f"the example {example.file} could not be fetched ({type(err).__name__})") from err
+    raise VideoError(f"the example {example.file} is not in {settings.examples_dir} (set LLB_EXAMPLES_DIR)")

@@ -1,0 +1,243 @@
+"""One person's work in the app: the clip, the objects with their names and colours, the edits (clicks,
+brush strokes, uploaded masks) per frame, and the latest results. Each browser session has its own
+Project and its own folder, so two sessions never see each other's objects or files."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from llb.interactive import Click, ClickSegmenter
+from llb.video.masks import MAX_OBJECTS, davis_palette, object_ids
+
+from .clip import Clip
+from .results import RunResult
+
+
+@dataclass
+class ObjectEdit:
+    """An object's mask on one frame: `base` (uploaded, or the result being corrected), refined by clicks,
+    then brush strokes added and erased on top."""
+
+    base: np.ndarray | None = None
+    clicks: list[Click] = field(default_factory=list)
+    add: np.ndarray | None = None
+    remove: np.ndarray | None = None
+    mask: np.ndarray | None = None  # the computed mask, kept until the next edit
+
+
+def colour(object_id: int) -> str:
+    """The object's DAVIS palette colour as #rrggbb (the colour of its masks and overlays)."""
+    r, g, b = davis_palette()[object_id]
+    return f"#{r:02x}{g:02x}{b:02x}"
+
+
+class Project:
+    """State of one session; every method is called with the session's lock held by the app."""
+
+    def __init__(self, root: Path) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.workdir = Path(tempfile.mkdtemp(prefix="session-", dir=root))
+        self.touched = time.time()
+        self.lock = threading.RLock()
+        self.stop = threading.Event()
+        self.clip: Clip | None = None
+        self.reference = 0
+        self.active = 0  # the frame being viewed and edited: the reference, or a frame being corrected
+        self.objects: dict[int, str] = {}
+        self.current: int | None = None
+        self.edits: dict[tuple[int, int], ObjectEdit] = {}  # (frame, object id) -> edit
+        self.result: RunResult | None = None
+        self.compare: dict[str, RunResult] = {}
+
+    def close(self) -> None:
+        """Delete the session's folder (on session end and when it expires)."""
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def set_clip(self, clip: Clip) -> None:
+        """A new clip: everything defined on the previous one is dropped."""
+        self.clip, self.reference, self.active = clip, 0, 0
+        self.objects, self.current, self.edits = {}, None, {}
+        self.result, self.compare = None, {}
+
+    def require_clip(self) -> Clip:
+        if self.clip is None:
+            raise ValueError("upload a video or pick an example first")
+        return self.clip
+
+    # objects
+    def add_object(self, name: str | None = None) -> int:
+        free = [i for i in range(1, MAX_OBJECTS + 1) if i not in self.objects]
+        if not free:
+            raise ValueError(f"at most {MAX_OBJECTS} objects")
+        new = free[0]
+        self.objects[new] = (name or "").strip() or f"object {new}"
+        self.current = new
+        return new
+
+    def select(self, object_id: int) -> None:
+        if object_id not in self.objects:
+            raise ValueError(f"there is no object {object_id}")
+        self.current = object_id
+
+    def rename(self, name: str) -> None:
+        if self.current is None:
+            raise ValueError("add an object first")
+        if not name.strip():
+            raise ValueError("an object's name cannot be empty")
+        self.objects[self.current] = name.strip()
+
+    def delete(self) -> None:
+        """Remove the current object and all its edits; the next object (if any) becomes current."""
+        if self.current is None:
+            raise ValueError("there is no object to delete")
+        gone = self.current
+        del self.objects[gone]
+        self.edits = {k: v for k, v in self.edits.items() if k[1] != gone}
+        self.current = min(self.objects) if self.objects else None
+
+    def choices(self) -> list[tuple[str, int]]:
+        """(label, id) pairs for a dropdown."""
+        return [(f"{i}: {name}", i) for i, name in sorted(self.objects.items())]
+
+    # edits
+    def _edit(self, frame: int) -> tuple[int, ObjectEdit]:
+        """The current object's edit on `frame`, created (from the result there, if any) when missing."""
+        self.require_clip()
+        if self.current is None:
+            self.add_object()
+        key = (frame, self.current)
+        if key not in self.edits:
+            base = None
+            if self.result is not None and frame != self.reference:
+                labels = self.result.labels(frame)
+                base = None if labels is None else labels == self.current
+            self.edits[key] = ObjectEdit(base=base)
+        return self.current, self.edits[key]
+
+    def click(self, frame: int, x: int, y: int, positive: bool, segmenter: ClickSegmenter) -> None:
+        clip = self.require_clip()
+        if not (0 <= x < clip.width and 0 <= y < clip.height):
+            raise ValueError(f"the click ({x}, {y}) is outside the {clip.width}x{clip.height} frame")
+        _, edit = self._edit(frame)
+        edit.clicks.append(Click(int(x), int(y), bool(positive)))
+        self._recompute(frame, edit, segmenter)
+
+    def undo_click(self, frame: int, segmenter: ClickSegmenter) -> None:
+        _, edit = self._edit(frame)
+        if edit.clicks:
+            edit.clicks.pop()
+        self._recompute(frame, edit, segmenter)
+
+    def paint(self, frame: int, add: np.ndarray, remove: np.ndarray) -> None:
+        """Brush strokes: `add` pixels join the current object, `remove` pixels leave it."""
+        _, edit = self._edit(frame)
+        edit.add = add if edit.add is None else edit.add | add
+        edit.remove = remove if edit.remove is None else (edit.remove & ~add) | remove
+        if edit.add is not None:
+            edit.add &= ~remove
+        edit.mask = self._combine(edit, edit.mask if edit.mask is not None else self._base(frame, edit))
+
+    def set_labels(self, frame: int, labels: np.ndarray) -> list[int]:
+        """An uploaded mask: each id becomes an object (created if new) with that mask as its base."""
+        clip = self.require_clip()
+        if labels.shape != (clip.height, clip.width):
+            raise ValueError(
+                f"the mask is {labels.shape[1]}x{labels.shape[0]} but the frames are {clip.width}x{clip.height}"
+            )
+        ids = object_ids(labels)
+        if not ids:
+            raise ValueError("the mask marks no object pixel")
+        for i in ids:
+            self.objects.setdefault(i, f"object {i}")
+            self.edits[(frame, i)] = ObjectEdit(base=labels == i, mask=labels == i)
+        self.current = ids[0]
+        return ids
+
+    def _base(self, frame: int, edit: ObjectEdit) -> np.ndarray:
+        clip = self.require_clip()
+        return edit.base if edit.base is not None else np.zeros((clip.height, clip.width), dtype=bool)
+
+    @staticmethod
+    def _combine(edit: ObjectEdit, mask: np.ndarray) -> np.ndarray:
+        if edit.add is not None:
+            mask = mask | edit.add
+        if edit.remove is not None:
+            mask = mask & ~edit.remove
+        return mask
+
+    def _recompute(self, frame: int, edit: ObjectEdit, segmenter: ClickSegmenter) -> None:
+        image = self.require_clip().frame(frame)
+        mask = segmenter.segment(image, edit.clicks, edit.base) if edit.clicks else self._base(frame, edit)
+        edit.mask = self._combine(edit, mask)
+
+    def clicks(self, frame: int) -> list[Click]:
+        """The current object's clicks on `frame` (drawn on the view)."""
+        edit = self.edits.get((frame, self.current)) if self.current is not None else None
+        return list(edit.clicks) if edit else []
+
+    def edited_frames(self) -> list[int]:
+        return sorted({f for f, i in self.edits if i in self.objects})
+
+    def labels(self, frame: int) -> np.ndarray:
+        """The label map shown and used as the prompt on `frame`: the result there (if any), with the edits
+        on top (object ids in order, a later id winning where masks overlap)."""
+        clip = self.require_clip()
+        labels = None
+        if self.result is not None and frame != self.reference:
+            labels = self.result.labels(frame)
+        if labels is None:
+            labels = np.zeros((clip.height, clip.width), dtype=np.uint8)
+        else:
+            labels = np.where(np.isin(labels, list(self.objects)), labels, 0).astype(np.uint8)
+        for (f, i), edit in sorted(self.edits.items()):
+            if f == frame and i in self.objects and edit.mask is not None:
+                labels[labels == i] = 0
+                labels[edit.mask] = i
+        return labels
+
+    def prompts(self) -> dict[int, np.ndarray]:
+        """Frames with edits and their label maps: the reference frame first, then corrections after it."""
+        frames = [f for f in self.edited_frames() if f >= self.reference]
+        prompts = {f: self.labels(f) for f in frames}
+        return {f: labels for f, labels in prompts.items() if object_ids(labels)}
+
+
+class Sessions:
+    """Projects by browser session (Gradio's session hash); expired ones are closed and their files deleted."""
+
+    def __init__(self, root: Path, ttl_s: float) -> None:
+        self.root, self.ttl_s = root, ttl_s
+        self._projects: dict[str, Project] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> Project:
+        with self._lock:
+            self._sweep()
+            if key not in self._projects:
+                self._projects[key] = Project(self.root)
+            project = self._projects[key]
+            project.touched = time.time()
+            return project
+
+    def close(self, key: str) -> None:
+        with self._lock:
+            project = self._projects.pop(key, None)
+        if project is not None:
+            project.stop.set()
+            project.close()
+
+    def close_all(self) -> None:
+        for key in list(self._projects):
+            self.close(key)
+
+    def _sweep(self) -> None:
+        now = time.time()
+        for key in [k for k, p in self._projects.items() if now - p.touched > self.ttl_s]:
+            self._projects.pop(key).close()

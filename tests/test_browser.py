@@ -1,0 +1,109 @@
+"""The app as a person uses it: Debian chromium driven by Playwright uploads a clip, clicks the object,
+paints, runs, waits for the overlay video to play, and compares LLB with the JOINT-style baseline.
+
+Skips without chromium or Playwright (a developer's box); CI installs both (.ci/run)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from test_app import app_env, free_port, make_frames, write_video
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+TIMEOUT_MS = 120_000
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(CHROMIUM is None, reason="no chromium (apt-get install chromium)"),
+]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """`python app.py` on a free port, with the test environment; yields its URL."""
+    root = tmp_path_factory.mktemp("browser")
+    port = free_port()
+    env = {**os.environ, **app_env(root), "GRADIO_SERVER_PORT": str(port)}
+    log = open(root / "server.log", "w")  # noqa: SIM115 (closed after the server stops)
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                log.close()
+                pytest.fail(f"the app did not start: {(root / 'server.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+    log.close()
+
+
+def test_upload_click_paint_run_and_compare(server, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    clip = write_video(tmp_path / "square.mp4", make_frames())
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1600})
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(server)
+        page.wait_for_selector("#run")
+        page.set_input_files("#upload input[type=file]", str(clip))
+        status = "document.querySelector('#status textarea').value"
+        page.wait_for_function(f"{status}.startsWith('loaded')")
+
+        box = page.locator("#view img").bounding_box()
+        page.mouse.click(box["x"] + box["width"] * 0.36, box["y"] + box["height"] * 0.42)
+        page.wait_for_function(f"{status}.includes('1 object')")
+        assert "object 1" in page.inner_text("#legend")
+
+        canvas = page.locator("#editor canvas").first.bounding_box()
+        x0, y = canvas["x"] + canvas["width"] * 0.1, canvas["y"] + canvas["height"] * 0.85
+        page.mouse.move(x0, y)
+        page.mouse.down()
+        for step in range(1, 6):
+            page.mouse.move(x0 + step * canvas["width"] * 0.03, y)
+        page.mouse.up()
+
+        page.click("#run")
+        page.wait_for_function(
+            "(() => { const v = document.querySelector('#vout video');"
+            " return v && v.readyState >= 2 && v.videoWidth > 0; })()"
+        )
+        assert page.input_value("#status textarea").startswith("done: 12 frames")
+        page.evaluate("document.querySelector('#vout video').play()")
+        page.wait_for_function("document.querySelector('#vout video').currentTime > 0")
+
+        page.get_by_role("tab", name="6. Compare LLB and JOINT").click()
+        page.click("#compare")
+        page.wait_for_function(
+            "(() => { const vs = [...document.querySelectorAll('#cmp-llb video, #cmp-joint video')];"
+            " return vs.length === 2 && vs.every((v) => v.readyState >= 2 && v.videoWidth > 0); })()"
+        )
+        page.evaluate("document.querySelector('#cmp-llb video').play()")
+        page.wait_for_function("!document.querySelector('#cmp-joint video').paused")  # synchronised
+        page.screenshot(path=str(tmp_path / "app.png"), full_page=True)
+        browser.close()
