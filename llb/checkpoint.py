@@ -23,6 +23,7 @@ from .config import ModelConfig, get_config
 from .network import LLBNet
 
 FORMAT = "llb-checkpoint/1"
+OMITTED_BACKBONE = "backbone."  # key prefix of a pretrained backbone left out of a compact checkpoint
 HUB_REPO = os.environ.get("LLB_HUB_REPO", "llb-vos/llb-checkpoints")
 LOCAL_DIRS = (Path(__file__).resolve().parents[1] / "checkpoints",)
 
@@ -42,18 +43,28 @@ def save_checkpoint(
     trained: bool = True,
     info: dict | None = None,
     max_shard_bytes: int | None = None,
+    half: bool = False,
+    omit_pretrained: bool = False,
 ) -> list[Path]:
     """Write `model` (tensors + config) to `path` (.safetensors); with `max_shard_bytes`, as shards plus an
-    index when it does not fit in one. Returns the files written."""
+    index when it does not fit in one. `half` stores floating tensors as float16; `omit_pretrained` leaves out
+    a frozen backbone whose weights ship in a package (the loader takes them from there). Returns the files."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    cfg = model.cfg
+    omit = omit_pretrained and cfg.backbone.frozen and cfg.backbone.pretrained and cfg.backbone.name != "resnet50"
     meta = {
         "format": FORMAT,
-        "config": model.cfg.to_json(),
+        "config": cfg.to_json(),
         "trained": "true" if trained else "false",
         "info": json.dumps(info or {}, sort_keys=True),
+        "omitted": OMITTED_BACKBONE if omit else "",
     }
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = {
+        k: (v.half() if half and v.is_floating_point() else v).detach().contiguous().cpu()
+        for k, v in model.state_dict().items()
+        if not (omit and k.startswith(OMITTED_BACKBONE))
+    }
     shards = list(_split(state, max_shard_bytes))
     if len(shards) == 1:
         save_file(shards[0], str(path), metadata=meta)
@@ -185,10 +196,12 @@ def load_model(
                 f"{checkpoint} holds a {cfg.key} network, but the {what} '{asked}' was asked for: "
                 f"pass --config {cfg.name} --variant {cfg.variant}, or a checkpoint of {want.key}"
             )
-    cfg.backbone.pretrained = False  # every tensor comes from the checkpoint
+    omitted = meta.get("omitted", "")
+    cfg.backbone.pretrained = omitted == OMITTED_BACKBONE  # otherwise every tensor comes from the checkpoint
     cfg.label.pretrained = False
     model = LLBNet(cfg)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing, unexpected = model.load_state_dict(state, strict=False)  # copies convert float16 to float32
+    missing = [k for k in missing if not (omitted and k.startswith(omitted))]
     if missing or unexpected:
         raise CheckpointError(
             f"{checkpoint} does not fit the {cfg.key} network: missing {missing[:5]}, unexpected {unexpected[:5]}"

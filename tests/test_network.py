@@ -120,3 +120,20 @@ def test_missing_or_foreign_checkpoints_fail_clearly(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match=r"no trained checkpoint 'paper-llb\.safetensors'.*--checkpoint"):
         load_model(config="paper", variant="llb")
     assert load_model(config="lite", variant="joint", allow_untrained=True).trained is False
+
+
+def test_compact_checkpoint_omits_the_packaged_backbone_and_stores_half(tmp_path):
+    torch.manual_seed(0)
+    model = LLBNet(get_config("lite", "llb"))
+    files = save_checkpoint(
+        model, tmp_path / "c.safetensors", half=True, omit_pretrained=True, max_shard_bytes=16 << 20
+    )
+    _, state, meta = read_checkpoint(tmp_path / "c.safetensors")
+    assert meta["omitted"] == "backbone." and not any(k.startswith("backbone.") for k in state)
+    assert all(v.dtype == torch.float16 for v in state.values() if v.is_floating_point())
+    assert sum(f.stat().st_size for f in files) < 0.4 * sum(v.numel() * 4 for v in model.state_dict().values())
+    loaded = load_model(tmp_path / "c.safetensors")
+    ours, theirs = model.state_dict(), loaded.state_dict()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours if k.startswith("backbone."))  # from the wheel
+    trained = [k for k in ours if ours[k].is_floating_point() and not k.startswith("backbone.")]
+    assert all(torch.equal(ours[k].half().float(), theirs[k]) for k in trained)
