@@ -14,6 +14,7 @@ from .evaluation.davis import add_eval_arguments, run_eval
 from .official import add_import_arguments, run_import
 from .options import UNTRAINED, add_model_args, build_segmenter
 from .parity import add_check_arguments, run_check
+from .training.trainer import add_train_arguments, run_train
 from .video.export import ResultWriter
 from .video.io import VideoError, probe
 from .video.masks import load_mask
@@ -55,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-official", help="stage-by-stage parity with the official network on a fixture")
     add_check_arguments(p)
     p.set_defaults(func=run_check)
+    p = sub.add_parser("train", help="train a network: synthetic clips from still images, then real videos")
+    add_train_arguments(p)
+    p.set_defaults(func=run_train)
     return parser
 
 
@@ -67,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except (VideoError, CheckpointError, ValueError, FileNotFoundError) as err:
+    except (VideoError, CheckpointError, ValueError, FileNotFoundError, FloatingPointError) as err:
         print(f"llb {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

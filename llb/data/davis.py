@@ -39,9 +39,38 @@ from .sampler import (
 
 VALIDATION_ROOTS = ("davis2017-dev",)
 DAVIS2017_VAL = frozenset(
-    "bike-packing blackswan bmx-trees breakdance camel car-roundabout car-shadow cows dance-twirl dog dogs-jump "
-    "drift-chicane drift-straight goat gold-fish horsejump-high india judo kite-surf lab-coat libby loading "
-    "mbike-trick motocross-jump paragliding-launch parkour pigs scooter-black shooting soapbox".split()
+    {
+        "bike-packing",
+        "blackswan",
+        "bmx-trees",
+        "breakdance",
+        "camel",
+        "car-roundabout",
+        "car-shadow",
+        "cows",
+        "dance-twirl",
+        "dog",
+        "dogs-jump",
+        "drift-chicane",
+        "drift-straight",
+        "goat",
+        "gold-fish",
+        "horsejump-high",
+        "india",
+        "judo",
+        "kite-surf",
+        "lab-coat",
+        "libby",
+        "loading",
+        "mbike-trick",
+        "motocross-jump",
+        "paragliding-launch",
+        "parkour",
+        "pigs",
+        "scooter-black",
+        "shooting",
+        "soapbox",
+    }
 )
 TRAIN_LISTS = ("ImageSets/2017/train.txt", "ImageSets/2016/train.txt", "ImageSets/train.txt")
 
@@ -152,7 +181,7 @@ class VideoClips(ClipDataset):
     def _try_clip(self, rng: np.random.Generator, seq: VideoSequence) -> tuple[np.ndarray, np.ndarray] | None:
         cfg = self.cfg
         position = {n: i for i, n in enumerate(seq.numbers)}
-        starts = start_frames(seq.annotated, cfg.max_gap)
+        starts = start_frames(seq.annotated, cfg.max_gap, cfg.num_frames - 1)
         if not starts:
             return None
         start = int(rng.choice(starts))

@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 from llb.video.masks import overlay
 
 VOID = 255
-EMPTY_LENGTH = 1 << 40  # clips are drawn on demand: a dataset's "length" only bounds the sample numbers
+VIRTUAL_LENGTH = 1 << 40  # clips are drawn on demand: a dataset's "length" only bounds the sample numbers
 
 
 @dataclass
@@ -72,7 +72,7 @@ class ClipDataset(Dataset):
         self.seed = seed
 
     def __len__(self) -> int:
-        return EMPTY_LENGTH
+        return VIRTUAL_LENGTH
 
     def make_clip(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """One clip: images (Q, H, W, 3) uint8 RGB and masks (Q, H, W) uint8 in {0, 1}."""
@@ -144,10 +144,15 @@ def sample_later_frames(
     return sorted(int(i) for i in picked)
 
 
-def start_frames(annotated: Sequence[int], max_gap: int) -> list[int]:
-    """Annotated frames that have at least one later annotated frame within `max_gap`."""
+def start_frames(annotated: Sequence[int], max_gap: int, later: int = 1) -> list[int]:
+    """Annotated frames followed by at least `later` annotated frames within `max_gap` (where none is, by at
+    least one: short videos then repeat frames)."""
     ordered = sorted(annotated)
-    return [a for a, b in zip(ordered, ordered[1:]) if b - a <= max_gap]
+    for need in (later, 1):
+        starts = [a for i, a in enumerate(ordered) if i + need < len(ordered) and ordered[i + need] - a <= max_gap]
+        if starts:
+            return starts
+    return []
 
 
 def mask_box(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
@@ -257,8 +262,10 @@ def preview_grid(clips: Sequence[dict[str, torch.Tensor]], path: str | Path | No
     for clip in clips:
         images = clip["images"].permute(0, 2, 3, 1).numpy()
         masks = clip["masks"][:, 0].numpy().astype(np.uint8)
-        tiles = [np.pad(overlay(img, m, alpha=0.45), ((2, 2), (2, 2), (0, 0)), constant_values=255) for img, m in
-                 zip(images, masks)]
+        tiles = [
+            np.pad(overlay(img, m, alpha=0.45), ((2, 2), (2, 2), (0, 0)), constant_values=255)
+            for img, m in zip(images, masks)
+        ]
         rows.append(np.concatenate(tiles, axis=1))
     grid = np.concatenate(rows, axis=0)
     if path is not None:

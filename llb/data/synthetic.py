@@ -92,13 +92,16 @@ def motion_matrices(
 ) -> list[np.ndarray]:
     """Per-frame 3x3 matrices of a smooth random motion about `center`; `extent` sets the translation and
     perspective scale (pixels). Frame t interpolates the start and end parameters linearly."""
+
     def draw(span: float, n: int = 1) -> np.ndarray:
         return rng.uniform(-span, span, n)
 
-    start = np.concatenate([draw(cfg.rotation), draw(cfg.scale), draw(cfg.translate, 2), draw(cfg.shear, 2),
-                            draw(cfg.perspective, 2)])
-    end = start + np.concatenate([draw(cfg.rotation), draw(cfg.scale), draw(cfg.translate, 2),
-                                  draw(cfg.shear, 2), draw(cfg.perspective, 2)])
+    start = np.concatenate(
+        [draw(cfg.rotation), draw(cfg.scale), draw(cfg.translate, 2), draw(cfg.shear, 2), draw(cfg.perspective, 2)]
+    )
+    end = start + np.concatenate(
+        [draw(cfg.rotation), draw(cfg.scale), draw(cfg.translate, 2), draw(cfg.shear, 2), draw(cfg.perspective, 2)]
+    )
     cx, cy = center
     out = []
     for t in range(num_frames):
@@ -106,9 +109,9 @@ def motion_matrices(
         angle, log_s, tx, ty, shx, shy, px, py = (1 - f) * start + f * end
         a = math.radians(angle)
         s = math.exp(log_s)
-        linear = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]]) @ np.array(
-            [[1.0, shx], [shy, 1.0]]
-        ) * s
+        linear = (
+            np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]]) @ np.array([[1.0, shx], [shy, 1.0]]) * s
+        )
         m = np.eye(3)
         m[:2, :2] = linear
         m[:2, 2] = np.array([cx + tx * extent, cy + ty * extent]) - linear @ np.array([cx, cy])
@@ -141,11 +144,16 @@ class SyntheticClips(ClipDataset):
         self.videos: list[VideoSequence] = [seq for root in video_roots for seq in scan_video_root(root)]
 
     def make_clip(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        for _ in range(self.cfg.max_tries):
-            clip = self._try_clip(rng)
-            if clip is not None:
-                return clip
-        raise RuntimeError(f"no usable synthetic clip in {self.cfg.max_tries} tries: check min_area/max_area")
+        """A scene and one of its objects that covers [min_area, max_area] of frame 0 as the target."""
+        cfg = self.cfg
+        for _ in range(cfg.max_tries):
+            images, labels = self.render_scene(rng)
+            area0 = np.bincount(labels[0].ravel(), minlength=256)[1:255] / labels[0].size
+            ids = [i + 1 for i, a in enumerate(area0) if cfg.min_area <= a <= cfg.max_area]
+            if ids:
+                target = ids[rng.integers(len(ids))]
+                return images, (labels == target).astype(np.uint8)
+        raise RuntimeError(f"no usable synthetic clip in {cfg.max_tries} tries: check min_area/max_area")
 
     def _background(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """A background image (H, W, 3) and its label map (H, W): a still image or a video frame."""
@@ -171,7 +179,9 @@ class SyntheticClips(ClipDataset):
         image = read_rgb(item.image)
         return image[y0:y1, x0:x1], mask[y0:y1, x0:x1].astype(np.float32)
 
-    def _try_clip(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray] | None:
+    def render_scene(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Q frames of a moving scene: images (Q, H, W, 3) uint8 and label maps (Q, H, W) uint8 of every
+        object (the background image's, then the pasted ones)."""
         cfg = self.cfg
         out_h, out_w = cfg.size
         q = cfg.num_frames
@@ -202,16 +212,11 @@ class SyntheticClips(ClipDataset):
             self._paste(rng, cut, next_id, camera, frames, labels)
             next_id += 1
 
-        area0 = np.bincount(labels[0].ravel(), minlength=256)[1:255] / (out_h * out_w)
-        ids = [i + 1 for i, a in enumerate(area0) if cfg.min_area <= a <= cfg.max_area]
-        if not ids:
-            return None
-        target = ids[rng.integers(len(ids))]
         images = self._colour(rng, frames)
-        masks = np.stack([(lab == target).astype(np.uint8) for lab in labels])
+        labels = np.stack(labels)
         if rng.random() < cfg.augment.p_flip:
-            images, masks = images[:, :, ::-1], masks[:, :, ::-1]
-        return np.ascontiguousarray(images), np.ascontiguousarray(masks)
+            images, labels = images[:, :, ::-1], labels[:, :, ::-1]
+        return np.ascontiguousarray(images), np.ascontiguousarray(labels)
 
     def _paste(
         self,

@@ -1,0 +1,658 @@
+"""Offline training of LLB (paper: "Offline Training"): mini-sequences of Q frames, memory from frame 0.
+
+One step: a batch of clips (B, Q, 3, H, W); frame 0 and its mask start the memory, the model's forward fits
+tau0 (5 steepest-descent steps), segments frames 1..Q-1 one by one, adding each with its predicted mask (2
+steps per later frame); loss = 100 x Lovasz + 1 x cosine similarity(E1, E2); Adam with per-module rates.
+
+A run folder holds `config.json`, `log.csv`, `last/` (the resume state: model, optimiser and RNG states as
+safetensors plus `state.json`; nothing is pickled) and, at the end, the exported network
+`<config>-<variant>-<stage>.safetensors` (parts of at most 16 MiB) with `trained=True`. Clips are numbered and
+each is drawn from its own seeded generator, so a resumed run sees the same data and continues bit for bit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import importlib
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from llb.checkpoint import read_checkpoint, save_checkpoint
+from llb.config import CONFIGS, VARIANTS, get_config
+from llb.data import (
+    ClipDataset,
+    MixedClips,
+    SyntheticClips,
+    VideoClips,
+    check_training_root,
+    preview_grid,
+)
+from llb.network import LLBNet
+from llb.options import parse_device, parse_size
+
+from .config import MIB, STAGES, TrainConfig, apply_overrides, shared_data_dir, stage_config
+from .loss import training_loss
+
+# MKL picks its BLAS code path by memory alignment unless told otherwise, so the same step could round
+# differently in two runs; its AUTO mode fixes the path per CPU, which makes resumed runs bit-exact. MKL reads
+# this when it first runs, so it is set on import (before any training computes).
+os.environ.setdefault("MKL_CBWR", "AUTO")
+
+STATE_FORMAT = "llb-train-state/1"
+SHARD_HEADER_MARGIN = 1 << 19  # room for a shard's safetensors header (tensor index and metadata)
+LOG_FIELDS = ("step", "loss", "seg", "cos", "iou", "lr", "grad_norm", "sec_per_step", "clips_per_s")
+Validator = Callable[[LLBNet, int], dict[str, float]]
+
+# parameter groups: name prefix in LLBNet -> OptimConfig field
+PARAM_GROUPS = (
+    ("decoder.", "lr_decoder"),
+    ("label_generator.", "lr_label_generator"),
+    ("fusion.", "lr_fusion"),
+    ("transduction.", "lr_transduction"),
+    ("learner_adapter.", "lr_adapters"),
+    ("transduction_adapter.", "lr_adapters"),
+    ("learner.", "lr_filter_reg"),
+    ("backbone.", "lr_backbone"),
+)
+
+
+def build_dataset(cfg: TrainConfig) -> ClipDataset:
+    """The stage's clip source (synthetic or video), seeded with the run's seed."""
+    data = cfg.data
+    shared = shared_data_dir()
+    videos = list(data.video_roots) or [str(shared / "davis2016-train-240p")]
+    statics = list(data.static_roots) or [str(shared / "static")]
+    for root in videos:
+        check_training_root(root)
+    if data.clip.size != data.synthetic.size or data.clip.num_frames != data.synthetic.num_frames:
+        raise ValueError("data.clip and data.synthetic must share size and num_frames (set them with --size)")
+    if cfg.stage == "synthetic":
+        return SyntheticClips(statics, videos if data.video_backgrounds else (), data.synthetic, seed=cfg.seed)
+    if cfg.stage == "video":
+        real = VideoClips(videos, data.clip, seed=cfg.seed)
+        if data.synthetic_fraction <= 0:
+            return real
+        synthetic = SyntheticClips(statics, videos, data.synthetic, seed=cfg.seed)
+        return MixedClips([real, synthetic], [1 - data.synthetic_fraction, data.synthetic_fraction], seed=cfg.seed)
+    raise ValueError(f"unknown stage {cfg.stage!r}: choose {' or '.join(STAGES)}")
+
+
+def build_model(cfg: TrainConfig) -> LLBNet:
+    """The network named by the config, from ImageNet weights or from `cfg.init` (a checkpoint of the same
+    network, e.g. the synthetic stage's export)."""
+    mcfg = get_config(cfg.model, cfg.variant)
+    if cfg.init or not cfg.pretrained:
+        mcfg.backbone.pretrained = mcfg.label.pretrained = False
+    model = LLBNet(mcfg)
+    if cfg.init:
+        init_cfg, state, _ = read_checkpoint(cfg.init)
+        if init_cfg.key != mcfg.key:
+            raise ValueError(f"--init {cfg.init} holds a {init_cfg.key} network, but {mcfg.key} is trained")
+        model.load_state_dict(state, strict=True)
+    return model
+
+
+def _backbone_trainable(name: str) -> bool:
+    """Backbone parameters fine-tuned when lr_backbone > 0: everything after the stride-4 stage (ResNet
+    layer2-4; EfficientNet blocks 2 onwards)."""
+    if name.startswith("backbone.net.layer"):
+        return not name.startswith("backbone.net.layer1")
+    if name.startswith("backbone.net.blocks."):
+        return int(name.split(".")[3]) >= 2
+    return False
+
+
+def param_groups(model: LLBNet, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """Adam groups by module with the official rates; parameters of a part with rate 0 are frozen.
+
+    Every trainable parameter must fall in a group, so that a new module cannot go untrained unnoticed.
+    """
+    groups: dict[str, list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        field = next((f for prefix, f in PARAM_GROUPS if name.startswith(prefix)), None)
+        if field is None:
+            raise ValueError(f"parameter {name} belongs to no learning-rate group")
+        if field == "lr_backbone":
+            param.requires_grad_(cfg.optim.lr_backbone > 0 and _backbone_trainable(name))
+        lr = getattr(cfg.optim, field)
+        if lr <= 0:
+            param.requires_grad_(False)
+        if param.requires_grad:
+            groups.setdefault(field, []).append(param)
+    return [
+        {"name": f, "params": ps, "lr": getattr(cfg.optim, f), "base_lr": getattr(cfg.optim, f)}
+        for f, ps in groups.items()
+    ]
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Learning-rate multiplier at `step` (0-based): linear warm-up, then x decay at each milestone."""
+    o = cfg.optim
+    warm = min(1.0, (step + 1) / o.warmup_steps) if o.warmup_steps > 0 else 1.0
+    passed = sum(step >= round(f * cfg.steps) for f in o.decay_at)
+    return warm * o.decay**passed
+
+
+def _worker_init(_: int) -> None:
+    """Data workers decode with one thread each: the main process needs the cores for the network."""
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+
+
+def batch_iou(logits: Tensor, masks: Tensor) -> float:
+    """Mean IoU of thresholded predictions (N, ..., H, W) over images whose union is not empty."""
+    pred = logits.detach().float() > 0
+    gt = masks > 0.5
+    inter = (pred & gt).flatten(1).sum(1).float()
+    union = (pred | gt).flatten(1).sum(1).float()
+    keep = union > 0
+    return float((inter[keep] / union[keep]).mean()) if keep.any() else 1.0
+
+
+class Trainer:
+    """Owns the model, optimiser, step counter and run folder; `fit` runs the loop."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        dataset: ClipDataset | None = None,
+        validators: Sequence[Validator] = (),
+    ) -> None:
+        self.cfg = cfg
+        self.device = parse_device(cfg.device)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.out = Path(cfg.out)
+        _seed_everything(cfg.seed)
+        self.model = build_model(cfg).to(self.device)
+        self.optimizer = torch.optim.Adam(
+            param_groups(self.model, cfg), betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay
+        )
+        self.dataset = dataset
+        self.validators = list(validators)
+        self.step = 0
+
+    # ---- one step -------------------------------------------------------------------------------------
+    def set_train_mode(self) -> None:
+        """Train mode with every batch norm on its running statistics when `freeze_bn` (the backbone's
+        always are while it is frozen)."""
+        self.model.train()
+        if self.cfg.freeze_bn:
+            for module in self.model.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast on CUDA when `amp`; a no-op elsewhere."""
+        enabled = self.cfg.amp and self.device.type == "cuda"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def train_step(self, batch: dict[str, Tensor]) -> dict[str, float]:
+        """One update on a batch {"images": (B, Q, 3, H, W) uint8, "masks": (B, Q, 1, H, W)}."""
+        self.set_train_mode()
+        factor = lr_factor(self.step, self.cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["base_lr"] * factor
+        images = batch["images"].to(self.device, non_blocking=True).float().transpose(0, 1)  # (Q, B, 3, H, W)
+        masks = batch["masks"].to(self.device, non_blocking=True).float().transpose(0, 1)  # (Q, B, 1, H, W)
+        q, b = images.shape[:2]
+        norm = self.model.normalize(images.flatten(0, 1)).unflatten(0, (q, b))
+        with self.autocast():
+            out = self.model(norm[:1], masks[:1], norm[1:], self.cfg.num_init_iter, self.cfg.num_update_iter)
+        terms = training_loss(out.logits, masks[1:], out.e1, out.e2, self.cfg.loss)
+        self.optimizer.zero_grad(set_to_none=True)
+        stats = {
+            "loss": float(terms.total.detach()),
+            "seg": float(terms.segmentation.detach()),
+            "cos": float(terms.cosine.detach()),
+            "iou": batch_iou(out.logits, masks[1:]),
+            "lr": self.cfg.optim.lr_decoder * factor,
+        }
+        if not math.isfinite(stats["loss"]):
+            raise FloatingPointError(f"non-finite loss {stats['loss']} at step {self.step}; lower the learning rates")
+        terms.total.backward()
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        clip = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else math.inf
+        stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, clip))
+        self.optimizer.step()
+        self.step += 1
+        return stats
+
+    # ---- the loop -------------------------------------------------------------------------------------
+    def batches(self) -> Iterator[dict[str, Tensor]]:
+        """Batches from clip number step x B on: the same data whether or not the run was resumed."""
+        if self.dataset is None:
+            self.dataset = build_dataset(self.cfg)
+        b = self.cfg.batch
+        workers = self.cfg.data.workers
+        loader = DataLoader(
+            self.dataset,
+            batch_size=b,
+            sampler=range(self.step * b, self.cfg.steps * b),
+            num_workers=workers,
+            worker_init_fn=_worker_init if workers > 0 else None,
+            pin_memory=self.device.type == "cuda",
+            prefetch_factor=2 if workers > 0 else None,
+            persistent_workers=False,
+        )
+        yield from loader
+
+    def fit(self, quiet: bool = False, stop_at: int | None = None) -> dict[str, float]:
+        """Train until `cfg.steps` (or pause at `stop_at`), logging, saving `last/` and validating on schedule;
+        `last/` is also saved when pausing, and the network is exported at the end.
+
+        Returns the statistics of the last step.
+        """
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "config.json").write_text(cfg.to_json())
+        log = CsvLog(self.out / "log.csv", self.step)
+        stats: dict[str, float] = {}
+        bar = tqdm(total=cfg.steps, initial=self.step, unit="step", disable=quiet, dynamic_ncols=True)
+        tick = time.perf_counter()
+        for batch in self.batches():
+            stats = self.train_step(batch)
+            seconds = time.perf_counter() - tick
+            stats["sec_per_step"] = seconds
+            stats["clips_per_s"] = cfg.batch / max(seconds, 1e-9)
+            bar.update(1)
+            bar.set_postfix(loss=f"{stats['loss']:.2f}", iou=f"{stats['iou']:.2f}")
+            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                log.write({"step": self.step, **stats})
+            if cfg.val_every and self.step % cfg.val_every == 0:
+                self.validate(log)
+            pause = self.step == stop_at
+            if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.steps or pause:
+                self.save_state(self.out / "last")
+            if pause:
+                break
+            tick = time.perf_counter()
+        bar.close()
+        if self.step >= cfg.steps:
+            self.export(self.out / f"{self.model.cfg.key}-{cfg.stage}.safetensors")
+        return stats
+
+    def validate(self, log: CsvLog | None = None) -> dict[str, float]:
+        """Run every validator (eval mode; RNG states kept so training continues as without it)."""
+        if not self.validators:
+            return {}
+        rng = _rng_state()
+        self.model.eval()
+        results: dict[str, float] = {}
+        try:
+            with torch.no_grad():
+                for validator in self.validators:
+                    results.update(validator(self.model, self.step))
+        finally:
+            _set_rng_state(rng)
+            self.set_train_mode()
+        if log is not None:
+            log.write_validation(self.step, results)
+        return results
+
+    # ---- checkpoints ----------------------------------------------------------------------------------
+    def info(self) -> dict[str, Any]:
+        """What the exported model's metadata says about its training."""
+        data = self.cfg.data
+        videos = list(data.video_roots) or ["davis2016-train-240p"]
+        statics = list(data.static_roots) or ["static (ecssd, duts-tr, coco)"]
+        if self.cfg.stage == "synthetic":
+            used = statics + (videos if data.video_backgrounds else [])
+        else:
+            used = videos + (statics if data.synthetic_fraction > 0 else [])
+        return {
+            "steps": self.step,
+            "stage": self.cfg.stage,
+            "data": [Path(r).name or r for r in used],
+            "batch": self.cfg.batch,
+            "size": list(data.size),
+            "init": self.cfg.init,
+        }
+
+    def export(self, path: str | Path) -> list[Path]:
+        """The trained network as safetensors parts of at most `export_shard_mib` MiB (files, headers
+        included), flagged trained."""
+        return save_checkpoint(
+            self.model,
+            path,
+            trained=True,
+            info={**self.info(), "train_config": self.cfg.to_dict()},
+            max_shard_bytes=self.cfg.export_shard_mib * MIB - SHARD_HEADER_MARGIN,
+        )
+
+    def save_state(self, folder: str | Path) -> Path:
+        """Write the resume state to `folder` (replaced atomically): model.safetensors (with config),
+        optimizer.safetensors, rng.safetensors and state.json."""
+        folder = Path(folder)
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_checkpoint(self.model, tmp / "model.safetensors", trained=False, info=self.info())
+        opt_tensors, opt_meta = _flatten_optimizer(self.optimizer.state_dict())
+        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+        rng_tensors, rng_meta = _rng_to_safetensors(_rng_state())
+        save_file(rng_tensors, str(tmp / "rng.safetensors"))
+        state = {
+            "format": STATE_FORMAT,
+            "step": self.step,
+            "config": self.cfg.to_dict(),
+            "optimizer": opt_meta,
+            "rng": rng_meta,
+        }
+        (tmp / "state.json").write_text(json.dumps(state, indent=1, sort_keys=True))
+        old = folder.with_name(folder.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        if folder.exists():
+            folder.rename(old)
+        tmp.rename(folder)
+        shutil.rmtree(old, ignore_errors=True)
+        return folder
+
+    def load_state(self, folder: str | Path) -> None:
+        """Continue from a resume state written by `save_state` (model, optimiser, step, RNG states)."""
+        folder = Path(folder)
+        state = read_state(folder)
+        _, tensors, _ = read_checkpoint(folder / "model.safetensors")
+        self.model.load_state_dict(tensors, strict=True)
+        opt = _unflatten_optimizer(load_file(str(folder / "optimizer.safetensors")), state["optimizer"])
+        for group, saved in zip(self.optimizer.param_groups, opt["param_groups"], strict=True):
+            if group["name"] != saved["name"] or len(group["params"]) != len(saved["params"]):
+                raise ValueError(f"{folder}: optimizer groups do not match this run's ({group['name']})")
+        self.optimizer.load_state_dict(opt)
+        self.step = int(state["step"])
+        _set_rng_state(_rng_from_safetensors(load_file(str(folder / "rng.safetensors")), state["rng"]))
+
+
+def read_state(folder: str | Path) -> dict[str, Any]:
+    """state.json of a resume folder (its config under "config")."""
+    path = Path(folder) / "state.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} is not a resume folder (no state.json); pass RUN/last")
+    state = json.loads(path.read_text())
+    if state.get("format") != STATE_FORMAT:
+        raise ValueError(f"{path} is not an LLB training state ({STATE_FORMAT})")
+    return state
+
+
+class CsvLog:
+    """log.csv of a run: one row per logged step; validation results go to val.csv. On resume, rows after the
+    resumed step (written by the interrupted run after its last save) are dropped."""
+
+    def __init__(self, path: Path, step: int) -> None:
+        self.path = path
+        self.val_path = path.with_name("val.csv")
+        for p in (self.path, self.val_path):
+            if p.is_file():
+                with p.open(newline="") as f:
+                    rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
+                fields = list(rows[0]) if rows else None
+                p.unlink()
+                if fields:
+                    self._append(p, fields, rows)
+
+    @staticmethod
+    def _append(path: Path, fields: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
+        new = not path.is_file()
+        with path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(fields), extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerows(rows)
+
+    def write(self, row: dict[str, float]) -> None:
+        self._append(self.path, LOG_FIELDS, [{k: _fmt(v) for k, v in row.items()}])
+
+    def write_validation(self, step: int, results: dict[str, float]) -> None:
+        if results:
+            row = {"step": step, **{k: _fmt(v) for k, v in results.items()}}
+            self._append(self.val_path, list(row), [row])
+
+
+def _fmt(v: Any) -> Any:
+    return f"{v:.6g}" if isinstance(v, float) else v
+
+
+# ---- RNG and optimiser state as safetensors + JSON ------------------------------------------------------
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    return {"torch": torch.get_rng_state(), "cuda": cuda, "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def _rng_to_safetensors(state: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    tensors = {"torch": state["torch"], "numpy": torch.from_numpy(keys.astype(np.int64))}
+    tensors.update({f"cuda.{i}": s for i, s in enumerate(state["cuda"])})
+    version, internal, gauss = state["python"]
+    meta = {
+        "cuda": len(state["cuda"]),
+        "numpy": [name, int(pos), int(has_gauss), float(cached)],
+        "python": [version, list(internal), gauss],
+    }
+    return tensors, meta
+
+
+def _rng_from_safetensors(tensors: dict[str, Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    name, pos, has_gauss, cached = meta["numpy"]
+    version, internal, gauss = meta["python"]
+    return {
+        "torch": tensors["torch"],
+        "cuda": [tensors[f"cuda.{i}"] for i in range(meta["cuda"])],
+        "numpy": (name, tensors["numpy"].numpy().astype(np.uint32), pos, has_gauss, cached),
+        "python": (version, tuple(internal), gauss),
+    }
+
+
+def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Optimizer state_dict -> tensors `state.<param>.<key>` and JSON for the rest (no pickle)."""
+    tensors: dict[str, Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for pid, entry in state["state"].items():
+        for key, value in entry.items():
+            if isinstance(value, Tensor):
+                tensors[f"state.{pid}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(pid), {})[key] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        _, pid, key = name.split(".", 2)
+        state.setdefault(int(pid), {})[key] = value
+    for pid, entry in meta["scalars"].items():
+        state.setdefault(int(pid), {}).update(entry)
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+# ---- validation callback --------------------------------------------------------------------------------
+def davis_validator(
+    root: str | Path, size: tuple[int, int], work: str | Path, max_frames: int | None = None
+) -> Validator | None:
+    """J&F of the training network on a DAVIS-format root, through `llb.evaluation` (None when that package
+    is not importable, so training never depends on it). Predictions go to `work/<sequence>/`; the crop size
+    is `size` (H, W) and, with `max_frames`, only each sequence's first frames are tracked and scored."""
+    try:
+        evaluation = importlib.import_module("llb.evaluation.davis")
+        session = importlib.import_module("llb.inference.session")
+        crop = importlib.import_module("llb.inference.crop")
+    except ImportError:
+        return None
+    sequences = evaluation.davis_sequences(root)
+
+    def run(model: LLBNet, step: int) -> dict[str, float]:
+        device = next(model.parameters()).device
+        inference = session.InferenceConfig(crop=crop.CropConfig(size=tuple(size)))
+        seg = session.Segmenter(model, inference, device)
+        scores = []
+        for seq in sequences:
+            out = Path(work) / seq.name
+            evaluation.segment_sequence(seg, seq, out, max_frames, quiet=True)
+            scores.append(evaluation.score_sequence(seq, out, max_frames))
+        summary = evaluation.summarize(scores)
+        return {"val_J&F": summary["J&F"], "val_J": summary["J"], "val_F": summary["F"]}
+
+    return run
+
+
+# ---- command line ---------------------------------------------------------------------------------------
+def _size(text: str) -> tuple[int, int]:
+    """`WxH` -> (H, W), multiples of 16 (no `auto`: a run has one training size)."""
+    size = parse_size(text)
+    if size is None:
+        raise argparse.ArgumentTypeError("the training size must be given as WIDTHxHEIGHT, e.g. 432x240")
+    return size
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of `llb train`. Options left out keep the stage preset's value (or the resumed run's)."""
+    p.add_argument(
+        "--stage", choices=STAGES, default=None, help="synthetic (still images) or video (default synthetic)"
+    )
+    p.add_argument("--config", choices=sorted(CONFIGS), default=None, help="network configuration (default lite)")
+    p.add_argument("--variant", choices=VARIANTS, default=None, help="llb or the JOINT-style baseline (default llb)")
+    p.add_argument("--steps", type=int, default=None, help="total optimiser steps (paper: 50K synthetic, 90K video)")
+    p.add_argument("--batch", type=int, default=None, help="clips per step (default 4; paper 32)")
+    p.add_argument("--size", type=_size, default=None, help="training crop WxH, multiples of 16 (default 432x240)")
+    p.add_argument("--frames", type=int, default=None, help="frames per clip Q (default 4)")
+    p.add_argument("--max-gap", type=int, default=None, help="the clip's frames lie within this many frames")
+    p.add_argument("--out", default=None, help="run folder: config.json, log.csv, last/, the export")
+    p.add_argument("--resume", default=None, help="continue a run from its RUN/last folder")
+    p.add_argument("--init", default=None, help="start from a checkpoint (e.g. the synthetic stage's export)")
+    p.add_argument("--video-root", action="append", default=None, help="DAVIS/YouTube-VOS root (repeatable)")
+    p.add_argument("--static-root", action="append", default=None, help="still-image set for synthetic clips")
+    p.add_argument("--val-root", default=None, help="DAVIS-format validation root (needs llb.evaluation)")
+    p.add_argument("--val-every", type=int, default=None, help="steps between validations (0: none)")
+    p.add_argument("--val-max-frames", type=int, default=None, help="validate on each sequence's first frames")
+    p.add_argument("--save-every", type=int, default=None, help="steps between resume states (default 500)")
+    p.add_argument("--log-every", type=int, default=None, help="steps between log.csv rows (default 10)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the weights and of the clip stream")
+    p.add_argument("--workers", type=int, default=None, help="DataLoader worker processes (default 2)")
+    p.add_argument("--device", default=None, help="auto, cpu or cuda")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads of the network (default: all cores)")
+    p.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config field, e.g. optim.lr_decoder=5e-5 (repeatable)",
+    )
+    p.add_argument(
+        "--preview-data",
+        metavar="OUT.png",
+        default=None,
+        help="write a grid of training clips with their masks and exit",
+    )
+    p.add_argument("--preview-clips", type=int, default=8, help="clips in the preview grid")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The run's config: the stage preset (or the resumed run's), then the given options, then --set."""
+    if args.resume:
+        cfg = TrainConfig.from_dict(read_state(args.resume)["config"])
+        if args.stage and args.stage != cfg.stage:
+            raise ValueError(f"--resume {args.resume} is a {cfg.stage} run; use --init to start a new stage")
+    else:
+        cfg = stage_config(args.stage or "synthetic")
+    simple = {
+        "config": "model",
+        "variant": "variant",
+        "steps": "steps",
+        "batch": "batch",
+        "out": "out",
+        "init": "init",
+        "seed": "seed",
+        "device": "device",
+        "threads": "threads",
+        "val_root": "val_root",
+        "val_every": "val_every",
+        "val_max_frames": "val_max_frames",
+        "save_every": "save_every",
+        "log_every": "log_every",
+    }
+    for arg, name in simple.items():
+        value = getattr(args, arg)
+        if value is not None:
+            setattr(cfg, name, value)
+    if args.size is not None:
+        cfg.data.set_size(args.size)
+    if args.frames is not None:
+        cfg.data.set_frames(args.frames)
+    if args.max_gap is not None:
+        cfg.data.clip.max_gap = args.max_gap
+    if args.video_root:
+        cfg.data.video_roots = tuple(args.video_root)
+    if args.static_root:
+        cfg.data.static_roots = tuple(args.static_root)
+    if args.workers is not None:
+        cfg.data.workers = args.workers
+    if args.no_amp:
+        cfg.amp = False
+    apply_overrides(cfg, args.set)
+    if args.resume and args.out is None:
+        cfg.out = str(Path(args.resume).parent)
+    return cfg
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """`llb train`: preview the data, print the config, or train (resuming where asked)."""
+    cfg = config_from_args(args)
+    if args.print_config:
+        print(cfg.to_json())
+        return 0
+    if args.preview_data:
+        dataset = build_dataset(cfg)
+        preview_grid([dataset[i] for i in range(args.preview_clips)], args.preview_data)
+        print(f"wrote {args.preview_clips} {cfg.stage} clips to {args.preview_data}")
+        return 0
+    validators = []
+    if cfg.val_every and cfg.val_root:
+        validator = davis_validator(cfg.val_root, cfg.data.size, Path(cfg.out) / "val", cfg.val_max_frames)
+        if validator is None:
+            print("llb train: llb.evaluation is not available: validation skipped", file=sys.stderr)
+        else:
+            validators.append(validator)
+    trainer = Trainer(cfg, validators=validators)
+    if args.resume:
+        trainer.load_state(args.resume)
+    if trainer.step >= cfg.steps:
+        print(f"llb train: the run is already at step {trainer.step} of {cfg.steps}; raise --steps to go on")
+        return 0
+    stats = trainer.fit(quiet=args.quiet)
+    print(f"step {trainer.step}: loss {stats.get('loss', float('nan')):.3f}; run folder {trainer.out}")
+    return 0

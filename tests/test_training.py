@@ -1,0 +1,236 @@
+"""Training: the losses against hand-computed values, overfitting a fixed batch, bit-exact resume, the export,
+configs and the command line. Tiny sizes (64x96), the lite network without ImageNet weights, CPU."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from llb.checkpoint import load_model
+from llb.data import ClipDataset
+from llb.training import (
+    LossConfig,
+    TrainConfig,
+    Trainer,
+    add_train_arguments,
+    apply_overrides,
+    cosine_similarity_loss,
+    lovasz_hinge,
+    lovasz_sigmoid,
+    run_train,
+    stage_config,
+)
+from llb.training.trainer import CsvLog, davis_validator, lr_factor, param_groups
+
+SIZE = (64, 96)
+
+
+class BlobClips(ClipDataset):
+    """Random clips without files: a noisy background and an ellipse that drifts, the target."""
+
+    def __init__(self, seed: int = 0, size: tuple[int, int] = SIZE) -> None:
+        super().__init__(seed)
+        self.size = size
+
+    def make_clip(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        h, w = self.size
+        yy, xx = np.mgrid[:h, :w]
+        cx, cy = rng.uniform(0.3, 0.7) * w, rng.uniform(0.3, 0.7) * h
+        vx, vy = rng.uniform(-0.03, 0.03) * w, rng.uniform(-0.03, 0.03) * h
+        colour = rng.integers(128, 256, 3)
+        images, masks = [], []
+        for t in range(4):
+            image = rng.integers(0, 100, (h, w, 3)).astype(np.uint8)
+            mask = ((xx - cx - vx * t) / (0.15 * w)) ** 2 + ((yy - cy - vy * t) / (0.16 * h)) ** 2 <= 1
+            image[mask] = colour
+            images.append(image)
+            masks.append(mask.astype(np.uint8))
+        return np.stack(images), np.stack(masks)
+
+
+def tiny_config(tmp_path: Path, **changes: object) -> TrainConfig:
+    cfg = TrainConfig(model="lite", variant="llb", pretrained=False, steps=4, batch=1, device="cpu")
+    cfg.out = str(tmp_path / "run")
+    cfg.data.set_size(SIZE)
+    cfg.data.workers = 0
+    cfg.optim.warmup_steps = 2
+    cfg.save_every, cfg.log_every = 0, 1
+    for key, value in changes.items():
+        setattr(cfg, key, value)
+    return cfg
+
+
+def test_lovasz_hinge_hand_computed() -> None:
+    # labels (1, 0, 1), logits (1, 0.5, -1): hinge errors 1 - x (2y - 1) = (0, 1.5, 2); sorted descending the
+    # labels read (1, 0, 1): Jaccard 1 - I/U = (1/2, 2/3, 1), increments (1/2, 1/6, 1/3).
+    logits = torch.tensor([[1.0, 0.5, -1.0]])
+    labels = torch.tensor([[1.0, 0.0, 1.0]])
+    assert float(lovasz_hinge(logits, labels)) == pytest.approx(2 * 0.5 + 1.5 / 6 + 0 / 3, abs=1e-6)
+    # the official loss: errors |y - sigmoid(x)| sort in the same order here
+    s = [1 / (1 + math.exp(-v)) for v in (1.0, 0.5, -1.0)]
+    expected = (1 - s[2]) * 0.5 + s[1] / 6 + (1 - s[0]) / 3
+    assert float(lovasz_sigmoid(logits, labels)) == pytest.approx(expected, abs=1e-6)
+
+
+def test_lovasz_is_jaccard_loss_on_hard_predictions() -> None:
+    gen = torch.Generator().manual_seed(0)
+    labels = (torch.rand(3, 1, 8, 8, generator=gen) > 0.5).float()
+    pred = (torch.rand(3, 1, 8, 8, generator=gen) > 0.5).float()
+    logits = (pred * 2 - 1) * 50  # sigmoid is 0 or 1
+    inter = (pred * labels).flatten(1).sum(1)
+    union = ((pred + labels) > 0).float().flatten(1).sum(1)
+    assert float(lovasz_sigmoid(logits, labels)) == pytest.approx(float((1 - inter / union).mean()), abs=1e-5)
+    assert float(lovasz_hinge(labels * 4 - 2, labels)) == 0.0  # margins >= 1 everywhere: no loss
+
+
+def test_lovasz_over_the_batch() -> None:
+    gen = torch.Generator().manual_seed(1)
+    logits, labels = torch.randn(2, 3, 1, 5, 6, generator=gen), (torch.rand(2, 3, 1, 5, 6, generator=gen) > 0.6)
+    whole = lovasz_sigmoid(logits.reshape(1, 1, -1), labels.reshape(1, 1, -1).float())
+    assert float(lovasz_sigmoid(logits, labels.float(), per_image=False)) == pytest.approx(float(whole))
+    cfg = LossConfig()
+    assert (cfg.segmentation, cfg.per_image, cfg.seg_weight, cfg.cosine_weight) == ("lovasz_sigmoid", False, 100, 1)
+
+
+def test_cosine_similarity_loss() -> None:
+    e = torch.rand(2, 3, 4, 5, 5)
+    assert float(cosine_similarity_loss(e, 2 * e)) == pytest.approx(1.0, abs=1e-6)
+    a = torch.zeros(1, 1, 2, 2, 2)
+    b = torch.zeros(1, 1, 2, 2, 2)
+    a[:, :, 0], b[:, :, 1] = 1, 1
+    assert float(cosine_similarity_loss(a, b)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_param_groups_and_schedule(tmp_path: Path) -> None:
+    cfg = tiny_config(tmp_path, steps=100)
+    cfg.optim.decay_at = (0.5,)
+    trainer = Trainer(cfg, dataset=BlobClips())
+    lrs = {g["name"]: g["lr"] for g in trainer.optimizer.param_groups}
+    assert lrs == {
+        "lr_adapters": 2e-5,
+        "lr_label_generator": 1e-4,
+        "lr_filter_reg": 5e-5,
+        "lr_transduction": 2e-5,
+        "lr_fusion": 1e-4,
+        "lr_decoder": 1e-4,
+    }
+    assert not any(p.requires_grad for p in trainer.model.backbone.parameters())
+    cfg.optim.lr_backbone = 2e-5
+    groups = {g["name"]: g["params"] for g in param_groups(trainer.model, cfg)}
+    assert (
+        0 < sum(p.numel() for p in groups["lr_backbone"]) < sum(p.numel() for p in trainer.model.backbone.parameters())
+    )
+    assert [lr_factor(s, cfg) for s in (0, 1, 49, 50, 99)] == pytest.approx([0.5, 1.0, 1.0, 0.2, 0.2])
+    trainer.set_train_mode()
+    bns = [m for m in trainer.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and not any(m.training for m in bns) and trainer.model.decoder.training
+
+
+def test_overfits_a_fixed_batch(tmp_path: Path) -> None:
+    # Batch norms train here: with all of them frozen (the official setting) a randomly initialised decoder
+    # starts with logits near 1e-3 and takes tens of steps to leave the p = 0.5 plateau of the Lovasz loss.
+    cfg = tiny_config(tmp_path, steps=100, freeze_bn=False)
+    cfg.optim.warmup_steps, cfg.optim.decay_at = 0, ()
+    data = BlobClips(seed=0)
+    batch = torch.utils.data.default_collate([data[0]])
+    trainer = Trainer(cfg, dataset=data)
+    stats = [trainer.train_step(batch) for _ in range(12)]
+    losses = [s["loss"] for s in stats]
+    assert all(math.isfinite(v) for v in losses)
+    assert np.mean(losses[-3:]) < 0.93 * losses[0], losses
+    assert stats[-1]["iou"] > 0.8
+
+
+def test_resume_is_bit_exact_and_export_reloads(tmp_path: Path) -> None:
+    straight = Trainer(tiny_config(tmp_path / "a"), dataset=BlobClips(seed=5))
+    straight.fit(quiet=True)
+
+    first = Trainer(tiny_config(tmp_path / "b"), dataset=BlobClips(seed=5))
+    first.fit(quiet=True, stop_at=2)
+    assert not list((tmp_path / "b" / "run").glob("*.safetensors*"))  # paused: no export yet
+    resumed = Trainer(tiny_config(tmp_path / "b"), dataset=BlobClips(seed=5))
+    resumed.load_state(tmp_path / "b" / "run" / "last")
+    assert resumed.step == 2
+    resumed.fit(quiet=True)
+
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows = (tmp_path / "b" / "run" / "log.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows] == ["step", "1", "2", "3", "4"]
+
+    run = tmp_path / "a" / "run"
+    opt = load_file(str(run / "last" / "optimizer.safetensors"))
+    assert opt and all(k.startswith("state.") for k in opt)
+    shards = sorted(run.glob("lite-llb-synthetic-*.safetensors"))
+    assert len(shards) >= 2
+    assert all(p.stat().st_size <= 16 * 2**20 for p in shards)
+    model = load_model(run / "lite-llb-synthetic.safetensors")
+    assert model.trained
+    index = json.loads((run / "lite-llb-synthetic.safetensors.index.json").read_text())
+    info = json.loads(index["metadata"]["info"])
+    assert info["steps"] == 4 and info["stage"] == "synthetic"
+    exported = model.state_dict()
+    assert all(torch.equal(exported[k], a[k]) for k in a)
+
+
+def test_config_round_trip_and_overrides() -> None:
+    cfg = stage_config("video")
+    apply_overrides(cfg, ["optim.lr_decoder=5e-5", "data.clip.max_gap=7", "init=none", "optim.decay_at=0.5,0.9"])
+    assert cfg.optim.lr_decoder == 5e-5 and cfg.data.clip.max_gap == 7 and cfg.init is None
+    assert cfg.optim.decay_at == (0.5, 0.9)
+    again = TrainConfig.from_dict(json.loads(cfg.to_json()))
+    assert again == cfg
+    with pytest.raises(ValueError, match="no field"):
+        apply_overrides(cfg, ["optim.lr_nothing=1"])
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_cli_print_config(capsys: pytest.CaptureFixture[str]) -> None:
+    args = parse("--stage", "video", "--size", "96x64", "--steps", "7", "--set", "loss.seg_weight=50", "--print-config")
+    assert run_train(args) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert cfg["stage"] == "video" and cfg["steps"] == 7 and cfg["loss"]["seg_weight"] == 50
+    assert cfg["data"]["clip"]["size"] == [64, 96] and cfg["data"]["synthetic"]["size"] == [64, 96]
+
+
+def test_refuses_the_validation_split(tmp_path: Path) -> None:
+    args = parse("--stage", "video", "--video-root", str(tmp_path / "davis2017-dev"), "--preview-data", "x.png")
+    with pytest.raises(ValueError, match="validation split"):
+        run_train(args)
+
+
+def test_validation_callback(tmp_path: Path) -> None:
+    pytest.importorskip("llb.evaluation.davis")
+    root = tmp_path / "val"
+    for sub in ("JPEGImages", "Annotations"):
+        (root / sub / "seq").mkdir(parents=True)
+    for t in range(4):
+        labels = np.zeros((48, 64), np.uint8)
+        labels[10:30, 10 + 3 * t : 30 + 3 * t] = 1
+        image = np.where(labels[..., None] > 0, 220, 60).astype(np.uint8).repeat(3, axis=2)
+        Image.fromarray(image).save(root / "JPEGImages" / "seq" / f"{t:05d}.jpg")
+        ann = Image.fromarray(labels, mode="P")
+        ann.putpalette([0, 0, 0, 128, 0, 0] + [0] * 762)
+        ann.save(root / "Annotations" / "seq" / f"{t:05d}.png")
+    validator = davis_validator(root, SIZE, tmp_path / "pred")
+    assert validator is not None
+    trainer = Trainer(tiny_config(tmp_path), dataset=BlobClips(), validators=[validator])
+    before = torch.get_rng_state()
+    results = trainer.validate(CsvLog(tmp_path / "log.csv", 0))
+    assert set(results) == {"val_J&F", "val_J", "val_F"} and all(0 <= v <= 100 for v in results.values())
+    assert torch.equal(torch.get_rng_state(), before) and trainer.model.decoder.training
+    assert (tmp_path / "val.csv").read_text().startswith("step,val_J&F")
