@@ -295,6 +295,7 @@ def test_run_without_objects_or_checkpoint_gives_a_message(app, clip, tmp_path, 
     with pytest.raises(gr.Error, match="define at least one object"):
         list(app.run("none", None, req))
     monkeypatch.setenv("LLB_CHECKPOINT_DIR", str(tmp_path))
+    monkeypatch.setattr("llb.checkpoint.LOCAL_DIRS", ())  # hide the shipped checkpoints
     monkeypatch.setenv("LLB_ALLOW_UNTRAINED", "0")
     problem = Models(Settings.from_env()).problem("llb")
     assert "No trained LLB checkpoint" in problem and "checkpoints/" in problem

