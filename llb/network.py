@@ -10,6 +10,8 @@ inference drives the same pieces frame by frame (llb.inference).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +24,10 @@ from .fusion import build_fusion
 from .induction import FewShotLearner, LearnerMemory, apply_filter
 from .label_generator import LabelEncoding, LabelGenerator
 from .transduction import Transduction
+
+
+def _untimed(name: str) -> AbstractContextManager[object]:
+    return nullcontext()
 
 
 class SizeAveragedL2Norm(nn.Module):
@@ -105,14 +111,24 @@ class LLBNet(nn.Module):
         return self.label_generator(image, mask)
 
     def segment(
-        self, feats: FrameFeatures, tau: Tensor, mem_keys: Tensor, mem_e1: Tensor, image_size: tuple[int, int]
+        self,
+        feats: FrameFeatures,
+        tau: Tensor,
+        mem_keys: Tensor,
+        mem_e1: Tensor,
+        image_size: tuple[int, int],
+        stage: Callable[[str], AbstractContextManager[object]] = _untimed,
     ) -> SegmentOutput:
         """One frame for B targets: target model tau (B, D, C, K, K), encoded memory keys (B, N*h*w, key_dim)
-        and memory E1 (N, B, D, h, w) -> SegmentOutput."""
-        e2_star = apply_filter(feats.learner[None], tau)[0]
-        e1_star = self.transduction(feats.transduction, mem_keys, mem_e1)
-        e_tar = self.fusion(e1_star, e2_star)
-        logits = self.decoder(e_tar, feats.layers, image_size)
+        and memory E1 (N, B, D, h, w) -> SegmentOutput. `stage(name)` wraps each part (for timing)."""
+        with stage("learner"):
+            e2_star = apply_filter(feats.learner[None], tau)[0]
+        with stage("transduction"):
+            e1_star = self.transduction(feats.transduction, mem_keys, mem_e1)
+        with stage("fusion"):
+            e_tar = self.fusion(e1_star, e2_star)
+        with stage("decoder"):
+            logits = self.decoder(e_tar, feats.layers, image_size)
         return SegmentOutput(logits=logits, e1_star=e1_star, e2_star=e2_star, e_tar=e_tar)
 
     def forward(

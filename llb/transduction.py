@@ -4,10 +4,17 @@ Attn(q, k, v) = softmax(s * cos(WK q, WK k)) v, with queries and keys sharing on
 scale s = 30 and values that are not projected (JOINT). The encoder refines the memory features
 M_sa = IN(M + Attn(M, M, M)); the decoder applies the same self-attention block to the current features,
 X_sa = IN(X + Attn(X, X, X)), then retrieves the target encoding E1* = Attn(X_sa, M_sa, E1).
+
+Inference keeps the memory's encoding up to date with `IncrementalMemoryEncoder`, which computes what
+`Transduction.encode_memory` computes, but only for the frames that joined or left the memory.
 """
 
 from __future__ import annotations
 
+import itertools
+from dataclasses import dataclass
+
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -82,3 +89,91 @@ class Transduction(nn.Module):
         query = self.cross_attn.project(self.self_attention_block(feat[None]))
         e1 = self.cross_attn.attend(query, mem_keys, to_tokens(mem_e1))
         return e1.reshape(b, h, w, -1).permute(0, 3, 1, 2)
+
+
+@dataclass
+class _MemoryFrame:
+    """A memory frame as the incremental encoder holds it: its features, tokens V (B, hw, C), self-attention
+    projections q (B, hw, key_dim), and its tokens' softmax numerator (B, hw, C) and denominator (B, hw, 1),
+    summed over the memory's frames in float64."""
+
+    order: int
+    feat: Tensor
+    tokens: Tensor
+    q: Tensor
+    num: Tensor
+    den: Tensor
+
+
+class IncrementalMemoryEncoder:
+    """`Transduction.encode_memory` of a memory that changes a few frames at a time, kept up to date at a
+    fraction of the cost; equal to it up to float rounding.
+
+    The memory's self-attention mixes every frame with every other, so one new frame changes every memory
+    token's encoding, and encoding from scratch costs N^2 frame pairs. Per memory frame a, this keeps the
+    softmax's numerator and denominator, the sums over frames b of exp(s q_a q_b^T - s) [V_b, 1], and when
+    frames join or leave it adds or subtracts only their terms: N frame pairs per change. The constant -s stands
+    in for the softmax's running maximum: the projections are unit vectors, so every term lies in (exp(-2s), 1]
+    (no overflow, and no underflow for s < 40), and a token's own term is 1, so no denominator falls below 1. A
+    pair's terms are computed the same way when they are added and when they are subtracted, and the sums are
+    float64, so rounding does not build up over a long video.
+    """
+
+    def __init__(self, transduction: Transduction) -> None:
+        self.transduction = transduction
+        self.frames: list[_MemoryFrame] = []
+        self._order = itertools.count()
+
+    def update(self, feats: list[Tensor]) -> Tensor:
+        """The memory's frames now, in memory order, each (B, C, h, w) -> cross-attention keys (B, N*h*w,
+        key_dim), as `encode_memory(torch.stack(feats))` gives them. A frame is known by its tensor's identity:
+        tensors seen before are kept, new ones join, and frames no longer listed leave."""
+        with torch.autocast(feats[0].device.type, enabled=False):
+            listed = {id(f) for f in feats}
+            for gone in [m for m in self.frames if id(m.feat) not in listed]:
+                self.frames.remove(gone)
+                for m in self.frames:
+                    if m.order < gone.order:
+                        self._accumulate(m, self._weights(m, gone), gone.tokens, -1.0)
+                    else:
+                        self._accumulate(m, self._weights(gone, m).transpose(1, 2), gone.tokens, -1.0)
+            known = {id(m.feat) for m in self.frames}
+            for feat in feats:
+                if id(feat) not in known:
+                    self._add(feat)
+            by_id = {id(m.feat): m for m in self.frames}
+            return torch.cat([self._keys(by_id[id(f)]) for f in feats], dim=1)
+
+    def _add(self, feat: Tensor) -> None:
+        tokens = to_tokens(feat[None].float())
+        new = _MemoryFrame(
+            order=next(self._order),
+            feat=feat,
+            tokens=tokens,
+            q=self.transduction.self_attn.project(tokens),
+            num=tokens.new_zeros(tokens.shape, dtype=torch.float64),
+            den=tokens.new_zeros((*tokens.shape[:2], 1), dtype=torch.float64),
+        )
+        for m in self.frames:
+            weights = self._weights(m, new)
+            self._accumulate(m, weights, new.tokens, 1.0)
+            self._accumulate(new, weights.transpose(1, 2), m.tokens, 1.0)
+        self._accumulate(new, self._weights(new, new), new.tokens, 1.0)
+        self.frames.append(new)
+
+    def _weights(self, first: _MemoryFrame, second: _MemoryFrame) -> Tensor:
+        """exp(s q_first q_second^T - s), (B, hw, hw); always called with the older frame first."""
+        scale = self.transduction.cfg.scale
+        return torch.exp(scale * (first.q @ second.q.transpose(1, 2)) - scale)
+
+    @staticmethod
+    def _accumulate(target: _MemoryFrame, weights: Tensor, tokens: Tensor, sign: float) -> None:
+        """Add sign * (weights V, weights 1) to the target's numerator and denominator."""
+        target.num.add_(weights @ tokens, alpha=sign)
+        target.den.add_(weights.sum(dim=2, keepdim=True), alpha=sign)
+
+    def _keys(self, m: _MemoryFrame) -> Tensor:
+        """IN(V + numerator / denominator) of one frame, projected to cross-attention keys (B, hw, key_dim)."""
+        attended = (m.num / m.den).to(m.tokens.dtype)
+        refined = instance_norm(m.tokens + attended, 1, self.transduction.cfg.norm_eps)
+        return self.transduction.cross_attn.project(refined)

@@ -10,7 +10,11 @@ Per frame and group (the paper's online inference): crop a region `crop.scale` t
 box and resize it to `crop.size`; extract features; E2* from the fitted target model, E1* from the memory;
 fuse, decode, paste back. After merging, each box follows its mask; on memory frames the frame joins the memory
 with its merged mask and the target model takes `update_iters` more steps (`init_iters` from zero on the
-first frame).
+first frame). When frames join or leave the memory its encoding is updated, not redone
+(`IncrementalMemoryEncoder`): a change costs N frame pairs instead of N^2.
+
+`Segmenter.start(video, timer=StageTimer(device))` records the wall and CPU time of every stage of every frame
+(`llb bench` reports them); without a timer nothing is timed and nothing is synchronised.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from torch import Tensor
 from ..checkpoint import load_model
 from ..induction import LearnerMemory
 from ..network import FrameFeatures, LLBNet
+from ..transduction import IncrementalMemoryEncoder
 from ..video.io import VideoError, iter_frames, probe
 from ..video.masks import object_ids
 from .aggregate import soft_aggregate
@@ -45,6 +50,7 @@ class InferenceConfig:
     init_iters: int = 20
     update_iters: int = 3
     autocast: bool = True  # bf16 autocast on CUDA (the learner always runs in float32)
+    compile: bool = False  # torch.compile the backbone and the decoder (for CUDA; the first frames compile)
     return_gates: bool = False  # AFM gate maps per object, for display
 
     @classmethod
@@ -88,7 +94,9 @@ class _Group:
     tau: Tensor
     center: Tensor  # (B, 2)
     size: Tensor  # (B, 2)
-    keys: Tensor | None = None
+    encoder: IncrementalMemoryEncoder
+    keys: Tensor | None = None  # the memory's encoding and stacked E1 (N, B, D, h, w), as of `keys_version`
+    e1: Tensor | None = None
     keys_version: int = -1
 
 
@@ -111,6 +119,15 @@ class Segmenter:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.eval().to(self.device)
         self.cfg = cfg or InferenceConfig()
+        if self.cfg.compile:
+            self.compile()
+
+    def compile(self) -> None:
+        """torch.compile the backbone and the decoder, in place (their state dict keys stay as they are); pays
+        on CUDA, where the first frames of each batch size then take a while to compile."""
+        self.cfg.compile = True
+        self.model.backbone.compile()
+        self.model.decoder.compile()
 
     @classmethod
     def from_pretrained(
@@ -228,7 +245,7 @@ class Session:
         if prompt is not None and prompt.shape != rgb.shape[:2]:
             raise ValueError(f"the mask of frame {index} is {prompt.shape[::-1]} but the frame is {rgb.shape[1::-1]}")
         with self._stage("crop"):
-            image = torch.from_numpy(rgb).to(seg.device).permute(2, 0, 1).float()
+            image = torch.from_numpy(rgb).to(seg.device).permute(2, 0, 1).contiguous().float()
         probs: dict[int, Tensor] = {}
         steps: list[_Step | None] = []
         gates: dict[int, np.ndarray] = {}
@@ -260,8 +277,8 @@ class Session:
         if new:
             self.groups.append(self._init(index, image, new, torch.stack([given[i] for i in new])))
         with self._stage("merge"):
-            label_map = torch.tensor([0, *ids], device=merged.device, dtype=torch.uint8)[merged.argmax(0)]
-            labels, out_probs = label_map.cpu().numpy(), merged[1:].float().cpu().numpy()
+            labels = np.array([0, *ids], dtype=np.uint8)[_argmax0(merged).cpu().numpy()]
+            out_probs = merged[1:].float().cpu().numpy()
         return FrameResult(
             index=index,
             name=name,
@@ -282,8 +299,10 @@ class Session:
         model = self.segmenter.model
         with self._stage("crop"):
             crops = model.normalize(crop(image[None], boxes, self.segmenter.cfg.crop.size))
+            crops = crops.contiguous(memory_format=torch.channels_last)  # the convolutions' fast layout
         with self._stage("backbone"), self._autocast():
             feats = model.extract(crops)
+            feats.learner = feats.learner.contiguous()  # the learner's grouped convolutions prefer this layout
         return crops, feats
 
     def _fit(self, group: _Group, iters: int, tau: Tensor | None) -> Tensor:
@@ -314,7 +333,8 @@ class Session:
         """Start tracking `ids` from their masks (B, H, W) on this frame: memory and tau0."""
         cfg = self.segmenter.cfg
         center, size = mask_box(masks)
-        group = _Group(ids, index, MemoryBank(cfg.memory), tau=masks.new_zeros(0), center=center, size=size)
+        encoder = IncrementalMemoryEncoder(self.segmenter.model.transduction)
+        group = _Group(ids, index, MemoryBank(cfg.memory), masks.new_zeros(0), center, size, encoder)
         boxes = search_region(center, size, masks.shape[-2:], cfg.crop)
         crops, feats = self._features(image, boxes)
         self._remember(group, index, boxes, crops, feats, masks)
@@ -327,17 +347,13 @@ class Session:
         boxes = search_region(group.center, group.size, image.shape[-2:], cfg.crop)
         crops, feats = self._features(image, boxes)
         if group.keys_version != group.memory.version:
-            with self._stage("transduction"), self._autocast():
-                group.keys = model.transduction.encode_memory(group.memory.stacked("transduction"))
+            with self._stage("transduction"):
+                group.keys = group.encoder.update([e.transduction for e in group.memory.entries])
+                group.e1 = group.memory.stacked("e1")
             group.keys_version = group.memory.version
         with self._autocast():
             out = model.segment(
-                feats,
-                group.tau.to(feats.learner.dtype),
-                group.keys,
-                group.memory.stacked("e1"),
-                cfg.crop.size,
-                self._stage,
+                feats, group.tau.to(feats.learner.dtype), group.keys, group.e1, cfg.crop.size, self._stage
             )
         with self._stage("paste"):
             logits = paste(out.logits.float(), boxes, image.shape[-2:])[:, 0]
@@ -357,3 +373,13 @@ class Session:
             group.tau = self._fit(group, cfg.update_iters, group.tau)
         with self._stage("merge"):
             group.center, group.size = update_box(merged, group.center, group.size, cfg.crop)
+
+
+def _argmax0(x: Tensor) -> Tensor:
+    """`x.argmax(0)` as uint8 for (K + 1, H, W) with K < 255, by a running maximum: the first index of the
+    maximum, like argmax, in a fraction of its time (torch reduces a leading dimension slowly)."""
+    best, index = x[0], torch.zeros(x.shape[1:], dtype=torch.uint8, device=x.device)
+    for k in range(1, len(x)):
+        index.masked_fill_(x[k] > best, k)
+        best = torch.maximum(best, x[k])
+    return index
