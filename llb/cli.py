@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 import cv2
 from tqdm import tqdm
 
+from .bench import add_bench_arguments, run_bench
 from .checkpoint import CheckpointError
 from .evaluation.davis import add_eval_arguments, run_eval
 from .official import add_import_arguments, run_import
@@ -59,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a network: synthetic clips from still images, then real videos")
     add_train_arguments(p)
     p.set_defaults(func=run_train)
+    p = sub.add_parser("bench", help="speed and memory of the engine per stage, LLB beside the JOINT baseline")
+    add_bench_arguments(p)
+    p.set_defaults(func=run_bench)
     return parser
 
 
