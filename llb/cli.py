@@ -37,41 +37,45 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llb", description="LLB video object segmentation")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("segment", help="track the objects of a first-frame mask through a video")
+def add_segment_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("video", help="a video file (mp4, webm, mov, avi, gif) or a folder of frames")
     p.add_argument("--mask", required=True, help="PNG of the objects on the first frame (palette or binary)")
     p.add_argument("--mask-frame", type=int, default=0, help="index of the frame the mask belongs to")
     p.add_argument("--out", required=True, help="output folder: masks/<frame>.png and overlay.mp4")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_model_args(p)
-    p.set_defaults(func=cmd_segment)
-    p = sub.add_parser("eval", help="DAVIS J&F (or a YouTube-VOS submission) as the benchmarks compute it")
-    add_eval_arguments(p)
-    p.set_defaults(func=run_eval)
-    p = sub.add_parser("import-official", help="convert an official VOS-LLB or JOINT .pth.tar to .safetensors")
-    add_import_arguments(p)
-    p.set_defaults(func=run_import)
-    p = sub.add_parser("check-official", help="stage-by-stage parity with the official network on a fixture")
-    add_check_arguments(p)
-    p.set_defaults(func=run_check)
-    p = sub.add_parser("train", help="train a network: synthetic clips from still images, then real videos")
-    add_train_arguments(p)
-    p.set_defaults(func=run_train)
-    p = sub.add_parser("bench", help="speed and memory of the engine per stage, LLB beside the JOINT baseline")
-    add_bench_arguments(p)
-    p.set_defaults(func=run_bench)
+
+
+Command = tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
+COMMANDS: tuple[Command, ...] = (
+    ("segment", "track the objects of a first-frame mask through a video", add_segment_arguments, cmd_segment),
+    ("eval", "DAVIS J&F (or a YouTube-VOS submission) as the benchmarks compute it", add_eval_arguments, run_eval),
+    ("train", "train a network: synthetic clips from still images, then real videos", add_train_arguments, run_train),
+    ("bench", "speed and memory per stage, LLB beside the JOINT baseline", add_bench_arguments, run_bench),
+    (
+        "import-official",
+        "convert an official VOS-LLB or JOINT .pth.tar to .safetensors",
+        add_import_arguments,
+        run_import,
+    ),
+    ("check-official", "stage-by-stage parity with the official network on a fixture", add_check_arguments, run_check),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llb", description="LLB video object segmentation")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text, add_arguments, run in COMMANDS:
+        p = sub.add_parser(name, help=help_text)
+        add_arguments(p)
+        p.set_defaults(func=run)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a command; bad input ends with a one-line message that says what to do, not a traceback."""
     args = build_parser().parse_args(argv)
-    cv2.utils.logging.setLogLevel(
-        cv2.utils.logging.LOG_LEVEL_ERROR
-    )  # errors only: OpenCV's probing warnings are not the user's business
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # OpenCV's probing warnings are noise here
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
