@@ -38,7 +38,14 @@ class CosineAttention(nn.Module):
         return self.attend(self.project(query), self.project(key), value)
 
     def attend(self, q: Tensor, k: Tensor, value: Tensor) -> Tensor:
-        """Attention on projected unit-norm queries and keys: softmax(scale * q k^T) value."""
+        """Attention on projected unit-norm queries and keys: softmax(scale * q k^T) value.
+
+        Fused (`scaled_dot_product_attention`) on GPUs. On the CPU, with values of another width than the keys,
+        torch falls back to an unfused version that also scans the whole score matrix for masked rows, which
+        the plain expression is spared.
+        """
+        if q.device.type == "cpu":
+            return torch.softmax((q * self.scale) @ k.transpose(-1, -2), dim=-1) @ value
         return F.scaled_dot_product_attention(q, k, value, scale=self.scale)
 
 
@@ -49,9 +56,9 @@ def instance_norm(tokens: Tensor, frames: int, eps: float) -> Tensor:
     """
     b, length, c = tokens.shape
     x = tokens.reshape(b, frames, length // frames, c)
-    mean = x.mean(dim=2, keepdim=True)
-    var = x.var(dim=2, keepdim=True, unbiased=False)
-    return ((x - mean) * (var + eps).rsqrt()).reshape(b, length, c)
+    centred = x - x.mean(dim=2, keepdim=True)
+    var = centred.square().mean(dim=2, keepdim=True)  # Tensor.var reduces this layout several times slower
+    return (centred * (var + eps).rsqrt()).reshape(b, length, c)
 
 
 def to_tokens(feat: Tensor) -> Tensor:
@@ -173,7 +180,8 @@ class IncrementalMemoryEncoder:
         target.den.add_(weights.sum(dim=2, keepdim=True), alpha=sign)
 
     def _keys(self, m: _MemoryFrame) -> Tensor:
-        """IN(V + numerator / denominator) of one frame, projected to cross-attention keys (B, hw, key_dim)."""
+        """IN(V + numerator / denominator) of one frame, projected to cross-attention keys (B, hw, key_dim);
+        frame by frame, so that each step works on data the CPU caches hold."""
         attended = (m.num / m.den).to(m.tokens.dtype)
         refined = instance_norm(m.tokens + attended, 1, self.transduction.cfg.norm_eps)
         return self.transduction.cross_attn.project(refined)
