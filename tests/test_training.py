@@ -1,11 +1,20 @@
 """Training: the losses against hand-computed values, overfitting a fixed batch, bit-exact resume, the export,
-configs and the command line. Tiny sizes (64x96), the lite network without ImageNet weights, CPU."""
+configs, the command line, both stages on the shared data, and two processes under torchrun. Tiny sizes (64x96),
+the lite network without ImageNet weights, CPU.
+
+Run as a script, this file is each torchrun process of `test_two_processes_under_torchrun` (see `rank_main`).
+"""
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +23,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from llb.checkpoint import load_model
+from llb.checkpoint import load_model, read_checkpoint
+from llb.cli import main as llb_main
 from llb.data import ClipDataset
 from llb.training import (
     LossConfig,
@@ -28,7 +38,10 @@ from llb.training import (
     run_train,
     stage_config,
 )
-from llb.training.trainer import CsvLog, davis_validator, lr_factor, param_groups
+from llb.training import trainer as trainer_module
+from llb.training.distributed import Distributed
+from llb.training.monitor import RunMonitor, plot_curves
+from llb.training.trainer import clip_batches, davis_validator, lr_factor, param_groups
 
 SIZE = (64, 96)
 
@@ -230,7 +243,117 @@ def test_validation_callback(tmp_path: Path) -> None:
     assert validator is not None
     trainer = Trainer(tiny_config(tmp_path), dataset=BlobClips(), validators=[validator])
     before = torch.get_rng_state()
-    results = trainer.validate(CsvLog(tmp_path / "log.csv", 0))
+    results = trainer.validate()
     assert set(results) == {"val_J&F", "val_J", "val_F"} and all(0 <= v <= 100 for v in results.values())
     assert torch.equal(torch.get_rng_state(), before) and trainer.model.decoder.training
+    monitor = RunMonitor(tmp_path, 0, 4, 2, quiet=True)
+    monitor.training(1, {"loss": 50.0, "iou": 0.5, "sec_per_step": 0.5})
+    assert monitor.draw() is None  # no log.csv row yet: nothing to draw
+    monitor.training(2, {"loss": 49.0, "iou": 0.5, "sec_per_step": 0.5})
+    monitor.validation(2, results)
+    assert monitor.draw() == tmp_path / "curves.png"
+    monitor.close()
     assert (tmp_path / "val.csv").read_text().startswith("step,val_J&F")
+    assert (tmp_path / "curves.png").stat().st_size > 0 and list((tmp_path / "tb").glob("events.out.tfevents.*"))
+
+
+def test_two_stages_on_the_shared_data(data_dir: Path, tmp_path: Path) -> None:
+    """`llb train --stage synthetic` on the shared stills, its export as --init of `--stage video`."""
+    common = ["--size", "64x64", "--batch", "1", "--steps", "2", "--workers", "0", "--device", "cpu", "--quiet"]
+    common += ["--threads", "1", "--set", "pretrained=false", "--set", "optim.warmup_steps=1"]
+    first, second = tmp_path / "synthetic", tmp_path / "video"
+    assert llb_main(["train", "--stage", "synthetic", *common, "--out", str(first)]) == 0
+    export = first / "lite-llb-synthetic.safetensors"
+    video = ["train", "--stage", "video", *common, "--seed", "1", "--init", str(export), "--out", str(second)]
+    assert llb_main(video) == 0
+    _, start, _ = read_checkpoint(export)
+    _, end, meta = read_checkpoint(second / "lite-llb-video.safetensors")
+    info = json.loads(meta["info"])
+    assert info["stage"] == "video" and info["init"] == str(export) and info["data"] == ["davis2016-train-240p"]
+    frozen = [k for k in start if k.startswith("backbone.")]
+    assert frozen and all(torch.equal(start[k], end[k]) for k in frozen)  # seed 1 would draw other weights
+    assert not all(torch.equal(start[k], end[k]) for k in start)
+    assert llb_main(["train", "--out", str(second), "--plot-curves", str(tmp_path / "c.png")]) == 0
+    assert (tmp_path / "c.png").stat().st_size > 0 and plot_curves(second) == second / "curves.png"
+
+
+def test_clip_batches_share_the_stream() -> None:
+    assert clip_batches(3, 5, 2, Distributed()) == [range(6, 8), range(8, 10)]  # one process: as before
+    ranks = [clip_batches(1, 3, 2, Distributed(rank, 3)) for rank in range(3)]
+    assert [list(r[0]) for r in ranks] == [[6, 7], [8, 9], [10, 11]]
+    assert sorted(i for r in ranks for b in r for i in b) == list(range(6, 18))
+
+
+def digests(state: dict[str, torch.Tensor]) -> dict[str, str]:
+    return {k: hashlib.sha256(v.detach().cpu().contiguous().numpy().tobytes()).hexdigest() for k, v in state.items()}
+
+
+class RecordingClips(BlobClips):
+    """BlobClips that keep the numbers of the clips they were asked for."""
+
+    def __init__(self, seed: int, size: tuple[int, int]) -> None:
+        super().__init__(seed, size)
+        self.seen: list[int] = []
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        self.seen.append(int(index))
+        return super().__getitem__(index)
+
+
+class RecordingTrainer(Trainer):
+    """Trainer of a torchrun test process: after `fit` it writes RUN/rank<r>.json with the clips its process
+    trained on and digests of its weights before and after."""
+
+    def fit(self, quiet: bool = False, stop_at: int | None = None) -> dict[str, float]:
+        before = digests(self.model.state_dict())
+        stats = super().fit(quiet, stop_at)
+        assert isinstance(self.dataset, RecordingClips)
+        record = {"clips": self.dataset.seen, "before": before, "after": digests(self.model.state_dict())}
+        (self.out / f"rank{self.place.rank}.json").write_text(json.dumps(record))
+        return stats
+
+
+def rank_main(argv: list[str]) -> int:
+    """One torchrun process: `llb train ARGV` on RecordingClips, with RecordingTrainer."""
+    trainer_module.build_dataset = lambda cfg: RecordingClips(cfg.seed, cfg.data.size)
+    trainer_module.Trainer = RecordingTrainer
+    return llb_main(["train", *argv])
+
+
+def torchrun(*argv: str) -> subprocess.CompletedProcess[str]:
+    """This file as two torchrun processes on a free port (--standalone)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", __file__, *argv]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return res
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="this torch build has no torch.distributed")
+def test_two_processes_under_torchrun(tmp_path: Path) -> None:
+    """`llb train` in two gloo processes: different clips, the same weights, one writer; then a resume."""
+    run = tmp_path / "run"
+    args = ["--size", "64x64", "--batch", "1", "--workers", "0", "--device", "cpu", "--threads", "1"]
+    args += ["--log-every", "1", "--save-every", "0", "--set", "pretrained=false", "--set", "optim.warmup_steps=1"]
+    res = torchrun(*args, "--steps", "2", "--out", str(run))
+    # one bar (rank 0's) with steps done, elapsed<ETA, speed and loss; one summary line
+    assert re.search(r"2/2 \[\d\d:\d\d<\d\d:\d\d, +[\d.]+(s/step|step/s), loss=[\d.]+", res.stderr), res.stderr
+    assert res.stderr.count("0/2 [") == 1 and res.stdout.count("step 2 (2 processes): loss") == 1
+    ranks = [json.loads((run / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["clips"] for r in ranks] == [[0, 2], [1, 3]]  # each step, rank r takes clip 2 x step + r
+    assert ranks[0]["before"] == ranks[1]["before"] != ranks[0]["after"] == ranks[1]["after"]
+    _, saved, _ = read_checkpoint(run / "last" / "model.safetensors")
+    assert digests(saved) == ranks[0]["after"]
+    _, exported, meta = read_checkpoint(run / "lite-llb-synthetic.safetensors")
+    assert digests(exported) == ranks[0]["after"] and json.loads(meta["info"])["processes"] == 2
+    assert [r.split(",")[0] for r in (run / "log.csv").read_text().splitlines()] == ["step", "1", "2"]
+    assert len(list((run / "tb").glob("events.out.tfevents.*"))) == 1 and (run / "curves.png").is_file()
+
+    torchrun(*args, "--steps", "3", "--resume", str(run / "last"), "--quiet")
+    assert [json.loads((run / f"rank{r}.json").read_text())["clips"] for r in (0, 1)] == [[4], [5]]  # stream goes on
+    assert [r.split(",")[0] for r in (run / "log.csv").read_text().splitlines()] == ["step", "1", "2", "3"]
+    assert json.loads((run / "last" / "state.json").read_text())["step"] == 3
+
+
+if __name__ == "__main__":
+    sys.exit(rank_main(sys.argv[1:]))

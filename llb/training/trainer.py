@@ -4,17 +4,20 @@ One step: a batch of clips (B, Q, 3, H, W); frame 0 and its mask start the memor
 tau0 (5 steepest-descent steps), segments frames 1..Q-1 one by one, adding each with its predicted mask (2
 steps per later frame); loss = 100 x Lovasz + 1 x cosine similarity(E1, E2); Adam with per-module rates.
 
-A run folder holds `config.json`, `log.csv`, `last/` (the resume state: model, optimiser and RNG states as
-safetensors plus `state.json`; nothing is pickled) and, at the end, the exported network
-`<config>-<variant>-<stage>.safetensors` (parts of at most 16 MiB) with `trained=True`. Clips are numbered and
-each is drawn from its own seeded generator, so a resumed run sees the same data and continues bit for bit.
+A run folder holds `config.json`, `log.csv` (and `val.csv`), `tb/` (TensorBoard events), `curves.png`, `last/`
+(the resume state: model, optimiser and RNG states as safetensors plus `state.json`; nothing is pickled) and,
+at the end, the exported network `<config>-<variant>-<stage>.safetensors` (parts of at most 16 MiB) with
+`trained=True`. Clips are numbered and each is drawn from its own seeded generator, so a resumed run sees the
+same data and continues bit for bit.
+
+Under `torchrun` every process trains on its own share of the clip stream (`batch` clips per process and step)
+through DistributedDataParallel, and rank 0 alone writes the run folder and validates (llb.training.distributed).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import importlib
 import json
 import math
@@ -32,8 +35,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from llb.checkpoint import read_checkpoint, save_checkpoint
 from llb.config import CONFIGS, VARIANTS, get_config
@@ -49,7 +52,9 @@ from llb.network import LLBNet
 from llb.options import parse_device, parse_size
 
 from .config import MIB, STAGES, TrainConfig, apply_overrides, shared_data_dir, stage_config
+from .distributed import SINGLE_PROCESS, Distributed, process_group
 from .loss import training_loss
+from .monitor import RunMonitor, plot_curves
 
 # MKL picks its BLAS code path by memory alignment unless told otherwise, so the same step could round
 # differently in two runs; its AUTO mode fixes the path per CPU, which makes resumed runs bit-exact. MKL reads
@@ -58,7 +63,6 @@ os.environ.setdefault("MKL_CBWR", "AUTO")
 
 STATE_FORMAT = "llb-train-state/1"
 SHARD_HEADER_MARGIN = 1 << 19  # room for a shard's safetensors header (tensor index and metadata)
-LOG_FIELDS = ("step", "loss", "seg", "cos", "iou", "lr", "grad_norm", "sec_per_step", "clips_per_s")
 Validator = Callable[[LLBNet, int], dict[str, float]]
 
 # parameter groups: name prefix in LLBNet -> OptimConfig field
@@ -151,6 +155,18 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     return warm * o.decay**passed
 
 
+def clip_batches(first_step: int, steps: int, batch: int, place: Distributed) -> list[range]:
+    """Clip numbers of this process's batch at each step from `first_step` on.
+
+    Step s takes clips s*W*B .. (s+1)*W*B - 1 of the stream (W processes of B clips each) and rank r the r-th B
+    of them: the processes see different clips, together the clips of one process with batch W*B, and a resumed
+    run (with as many processes) the clips it would have seen without the interruption.
+    """
+    per_step = batch * place.world
+    first = place.rank * batch
+    return [range(s * per_step + first, s * per_step + first + batch) for s in range(first_step, steps)]
+
+
 def _worker_init(_: int) -> None:
     """Data workers decode with one thread each: the main process needs the cores for the network."""
     torch.set_num_threads(1)
@@ -168,27 +184,46 @@ def batch_iou(logits: Tensor, masks: Tensor) -> float:
 
 
 class Trainer:
-    """Owns the model, optimiser, step counter and run folder; `fit` runs the loop."""
+    """Owns the model, optimiser, step counter and run folder; `fit` runs the loop.
+
+    `place` is this process's rank among the training processes; with several, a process group must exist
+    (`process_group`), the model is wrapped in DistributedDataParallel, and only rank 0 should be given
+    validators.
+    """
 
     def __init__(
         self,
         cfg: TrainConfig,
         dataset: ClipDataset | None = None,
         validators: Sequence[Validator] = (),
+        place: Distributed = SINGLE_PROCESS,
     ) -> None:
         self.cfg = cfg
-        self.device = parse_device(cfg.device)
+        self.place = place
+        self.device = place.device_for(parse_device(cfg.device))
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.out = Path(cfg.out)
         _seed_everything(cfg.seed)
         self.model = build_model(cfg).to(self.device)
+        # param_groups freezes parameters; DistributedDataParallel must come after it, as it syncs only the
+        # parameters that require gradients when it is built
         self.optimizer = torch.optim.Adam(
             param_groups(self.model, cfg), betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay
         )
+        self.net = self._distribute()
         self.dataset = dataset
         self.validators = list(validators)
         self.step = 0
+
+    def _distribute(self) -> nn.Module:
+        """The model as a step calls it: across processes, wrapped in DistributedDataParallel, which averages the
+        gradients during backward. Every trainable parameter takes part in the loss, so DDP need not search for
+        unused ones (find_unused_parameters)."""
+        if not self.place.enabled:
+            return self.model
+        devices = [self.device] if self.device.type == "cuda" else None
+        return DistributedDataParallel(self.model, device_ids=devices)
 
     # ---- one step -------------------------------------------------------------------------------------
     def set_train_mode(self) -> None:
@@ -216,7 +251,7 @@ class Trainer:
         q, b = images.shape[:2]
         norm = self.model.normalize(images.flatten(0, 1)).unflatten(0, (q, b))
         with self.autocast():
-            out = self.model(norm[:1], masks[:1], norm[1:], self.cfg.num_init_iter, self.cfg.num_update_iter)
+            out = self.net(norm[:1], masks[:1], norm[1:], self.cfg.num_init_iter, self.cfg.num_update_iter)
         terms = training_loss(out.logits, masks[1:], out.e1, out.e2, self.cfg.loss)
         self.optimizer.zero_grad(set_to_none=True)
         stats = {
@@ -226,6 +261,8 @@ class Trainer:
             "iou": batch_iou(out.logits, masks[1:]),
             "lr": self.cfg.optim.lr_decoder * factor,
         }
+        # the whole batch's statistics; every process then sees the same loss and stops together if it is bad
+        stats = self.place.mean(stats, self.device)
         if not math.isfinite(stats["loss"]):
             raise FloatingPointError(f"non-finite loss {stats['loss']} at step {self.step}; lower the learning rates")
         terms.total.backward()
@@ -238,15 +275,14 @@ class Trainer:
 
     # ---- the loop -------------------------------------------------------------------------------------
     def batches(self) -> Iterator[dict[str, Tensor]]:
-        """Batches from clip number step x B on: the same data whether or not the run was resumed."""
+        """This process's batches from the current step on (`clip_batches`): the same data whether or not the
+        run was resumed."""
         if self.dataset is None:
             self.dataset = build_dataset(self.cfg)
-        b = self.cfg.batch
         workers = self.cfg.data.workers
         loader = DataLoader(
             self.dataset,
-            batch_size=b,
-            sampler=range(self.step * b, self.cfg.steps * b),
+            batch_sampler=clip_batches(self.step, self.cfg.steps, self.cfg.batch, self.place),
             num_workers=workers,
             worker_init_fn=_worker_init if workers > 0 else None,
             pin_memory=self.device.type == "cuda",
@@ -257,40 +293,55 @@ class Trainer:
 
     def fit(self, quiet: bool = False, stop_at: int | None = None) -> dict[str, float]:
         """Train until `cfg.steps` (or pause at `stop_at`), logging, saving `last/` and validating on schedule;
-        `last/` is also saved when pausing, and the network is exported at the end.
+        `last/` is also saved when pausing, and the network is exported at the end. Rank 0 does all the
+        writing; every process returns once it is done.
 
-        Returns the statistics of the last step.
+        Returns the statistics of the last step (averaged over the processes).
         """
-        cfg = self.cfg
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "config.json").write_text(cfg.to_json())
-        log = CsvLog(self.out / "log.csv", self.step)
+        monitor = self._open_monitor(quiet) if self.place.is_main else None
         stats: dict[str, float] = {}
-        bar = tqdm(total=cfg.steps, initial=self.step, unit="step", disable=quiet, dynamic_ncols=True)
-        tick = time.perf_counter()
-        for batch in self.batches():
-            stats = self.train_step(batch)
-            seconds = time.perf_counter() - tick
-            stats["sec_per_step"] = seconds
-            stats["clips_per_s"] = cfg.batch / max(seconds, 1e-9)
-            bar.update(1)
-            bar.set_postfix(loss=f"{stats['loss']:.2f}", iou=f"{stats['iou']:.2f}")
-            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                log.write({"step": self.step, **stats})
-            if cfg.val_every and self.step % cfg.val_every == 0:
-                self.validate(log)
-            pause = self.step == stop_at
-            if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.steps or pause:
-                self.save_state(self.out / "last")
-            if pause:
-                break
+        try:
             tick = time.perf_counter()
-        bar.close()
-        if self.step >= cfg.steps:
-            self.export(self.out / f"{self.model.cfg.key}-{cfg.stage}.safetensors")
+            for batch in self.batches():
+                stats = self.train_step(batch)
+                seconds = time.perf_counter() - tick
+                stats["sec_per_step"] = seconds
+                stats["clips_per_s"] = self.cfg.batch * self.place.world / max(seconds, 1e-9)
+                pause = self.step == stop_at
+                if monitor is not None:
+                    self._after_step(monitor, stats, pause)
+                if pause:
+                    break
+                tick = time.perf_counter()
+        finally:
+            if monitor is not None:
+                monitor.close()
+        if self.step >= self.cfg.steps and self.place.is_main:
+            self.export(self.out / f"{self.model.cfg.key}-{self.cfg.stage}.safetensors")
+        self.place.barrier()
         return stats
 
-    def validate(self, log: CsvLog | None = None) -> dict[str, float]:
+    def _open_monitor(self, quiet: bool) -> RunMonitor:
+        """Create the run folder with config.json, and the bar and logs that report on it."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "config.json").write_text(self.cfg.to_json())
+        return RunMonitor(self.out, self.step, self.cfg.steps, self.cfg.log_every, quiet)
+
+    def _after_step(self, monitor: RunMonitor, stats: dict[str, float], pause: bool) -> None:
+        """Rank 0 after a step: log, validate and save `last/` on schedule, redrawing curves.png after a
+        validation or a save (the other processes wait for it in their next step)."""
+        cfg = self.cfg
+        monitor.training(self.step, stats)
+        validated = bool(cfg.val_every and self.validators and self.step % cfg.val_every == 0)
+        if validated:
+            monitor.validation(self.step, self.validate())
+        saved = bool(cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.steps or pause
+        if saved:
+            self.save_state(self.out / "last")
+        if validated or saved:
+            monitor.draw()
+
+    def validate(self) -> dict[str, float]:
         """Run every validator (eval mode; RNG states kept so training continues as without it)."""
         if not self.validators:
             return {}
@@ -304,8 +355,6 @@ class Trainer:
         finally:
             _set_rng_state(rng)
             self.set_train_mode()
-        if log is not None:
-            log.write_validation(self.step, results)
         return results
 
     # ---- checkpoints ----------------------------------------------------------------------------------
@@ -323,6 +372,7 @@ class Trainer:
             "stage": self.cfg.stage,
             "data": [Path(r).name or r for r in used],
             "batch": self.cfg.batch,
+            "processes": self.place.world,
             "size": list(data.size),
             "init": self.cfg.init,
         }
@@ -390,44 +440,6 @@ def read_state(folder: str | Path) -> dict[str, Any]:
     if state.get("format") != STATE_FORMAT:
         raise ValueError(f"{path} is not an LLB training state ({STATE_FORMAT})")
     return state
-
-
-class CsvLog:
-    """log.csv of a run: one row per logged step; validation results go to val.csv. On resume, rows after the
-    resumed step (written by the interrupted run after its last save) are dropped."""
-
-    def __init__(self, path: Path, step: int) -> None:
-        self.path = path
-        self.val_path = path.with_name("val.csv")
-        for p in (self.path, self.val_path):
-            if p.is_file():
-                with p.open(newline="") as f:
-                    rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
-                fields = list(rows[0]) if rows else None
-                p.unlink()
-                if fields:
-                    self._append(p, fields, rows)
-
-    @staticmethod
-    def _append(path: Path, fields: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
-        new = not path.is_file()
-        with path.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(fields), extrasaction="ignore")
-            if new:
-                writer.writeheader()
-            writer.writerows(rows)
-
-    def write(self, row: dict[str, float]) -> None:
-        self._append(self.path, LOG_FIELDS, [{k: _fmt(v) for k, v in row.items()}])
-
-    def write_validation(self, step: int, results: dict[str, float]) -> None:
-        if results:
-            row = {"step": step, **{k: _fmt(v) for k, v in results.items()}}
-            self._append(self.val_path, list(row), [row])
-
-
-def _fmt(v: Any) -> Any:
-    return f"{v:.6g}" if isinstance(v, float) else v
 
 
 # ---- RNG and optimiser state as safetensors + JSON ------------------------------------------------------
@@ -544,11 +556,13 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", choices=sorted(CONFIGS), default=None, help="network configuration (default lite)")
     p.add_argument("--variant", choices=VARIANTS, default=None, help="llb or the JOINT-style baseline (default llb)")
     p.add_argument("--steps", type=int, default=None, help="total optimiser steps (paper: 50K synthetic, 90K video)")
-    p.add_argument("--batch", type=int, default=None, help="clips per step (default 4; paper 32)")
+    p.add_argument(
+        "--batch", type=int, default=None, help="clips per step and process (default 4; paper 32 over all processes)"
+    )
     p.add_argument("--size", type=_size, default=None, help="training crop WxH, multiples of 16 (default 432x240)")
     p.add_argument("--frames", type=int, default=None, help="frames per clip Q (default 4)")
     p.add_argument("--max-gap", type=int, default=None, help="the clip's frames lie within this many frames")
-    p.add_argument("--out", default=None, help="run folder: config.json, log.csv, last/, the export")
+    p.add_argument("--out", default=None, help="run folder: config.json, logs, tb/, curves.png, last/, the export")
     p.add_argument("--resume", default=None, help="continue a run from its RUN/last folder")
     p.add_argument("--init", default=None, help="start from a checkpoint (e.g. the synthetic stage's export)")
     p.add_argument("--video-root", action="append", default=None, help="DAVIS/YouTube-VOS root (repeatable)")
@@ -577,6 +591,12 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         help="write a grid of training clips with their masks and exit",
     )
     p.add_argument("--preview-clips", type=int, default=8, help="clips in the preview grid")
+    p.add_argument(
+        "--plot-curves",
+        metavar="OUT.png",
+        default=None,
+        help="draw the loss and validation curves of the run folder (--out, or --resume's run) and exit",
+    )
     p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -630,7 +650,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    """`llb train`: preview the data, print the config, or train (resuming where asked)."""
+    """`llb train`: preview the data, print the config, draw a run's curves, or train (resuming where asked),
+    in one process or in each of the processes torchrun started."""
     cfg = config_from_args(args)
     if args.print_config:
         print(cfg.to_json())
@@ -640,19 +661,35 @@ def run_train(args: argparse.Namespace) -> int:
         preview_grid([dataset[i] for i in range(args.preview_clips)], args.preview_data)
         print(f"wrote {args.preview_clips} {cfg.stage} clips to {args.preview_data}")
         return 0
-    validators = []
-    if cfg.val_every and cfg.val_root:
-        validator = davis_validator(cfg.val_root, cfg.data.size, Path(cfg.out) / "val", cfg.val_max_frames)
-        if validator is None:
-            print("llb train: llb.evaluation is not available: validation skipped", file=sys.stderr)
-        else:
-            validators.append(validator)
-    trainer = Trainer(cfg, validators=validators)
+    if args.plot_curves:
+        print(f"wrote the curves of {cfg.out} to {plot_curves(cfg.out, args.plot_curves)}")
+        return 0
+    with process_group(parse_device(cfg.device)) as place:
+        return _train(cfg, args, place)
+
+
+def _validators(cfg: TrainConfig) -> list[Validator]:
+    """The DAVIS validation asked for by the config (none where llb.evaluation is missing)."""
+    if not (cfg.val_every and cfg.val_root):
+        return []
+    validator = davis_validator(cfg.val_root, cfg.data.size, Path(cfg.out) / "val", cfg.val_max_frames)
+    if validator is None:
+        print("llb train: llb.evaluation is not available: validation skipped", file=sys.stderr)
+        return []
+    return [validator]
+
+
+def _train(cfg: TrainConfig, args: argparse.Namespace, place: Distributed) -> int:
+    """Train in this process (rank 0 validates and reports)."""
+    trainer = Trainer(cfg, validators=_validators(cfg) if place.is_main else (), place=place)
     if args.resume:
         trainer.load_state(args.resume)
     if trainer.step >= cfg.steps:
-        print(f"llb train: the run is already at step {trainer.step} of {cfg.steps}; raise --steps to go on")
+        if place.is_main:
+            print(f"llb train: the run is already at step {trainer.step} of {cfg.steps}; raise --steps to go on")
         return 0
     stats = trainer.fit(quiet=args.quiet)
-    print(f"step {trainer.step}: loss {stats.get('loss', float('nan')):.3f}; run folder {trainer.out}")
+    if place.is_main:
+        processes = f" ({place.world} processes)" if place.enabled else ""
+        print(f"step {trainer.step}{processes}: loss {stats.get('loss', float('nan')):.3f}; run folder {trainer.out}")
     return 0
