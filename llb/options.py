@@ -55,6 +55,11 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         help="memory schedule: the paper's (every 5th frame) or the official tracker's (weighted, every 3rd)",
     )
     p.add_argument(
+        "--fp32",
+        action="store_true",
+        help="no bf16 autocast (by default on where the device computes bf16 natively: recent GPUs, AMX CPUs)",
+    )
+    p.add_argument(
         "--allow-untrained",
         action="store_true",
         help="run a network without trained weights (for development; its output is stamped as such)",
@@ -70,7 +75,9 @@ def build_segmenter(args: argparse.Namespace) -> Segmenter:
         variant=args.variant,
         device=str(device),
         allow_untrained=args.allow_untrained,
-        inference=InferenceConfig.schedule(args.schedule, crop=CropConfig(size=size)),
+        inference=InferenceConfig.schedule(
+            args.schedule, crop=CropConfig(size=size), autocast=not args.fp32
+        ),
     )
     if not seg.trained:
         print(f"WARNING: {UNTRAINED}: the {seg.model.cfg.key} network has no trained weights.", file=sys.stderr)

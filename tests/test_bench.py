@@ -109,8 +109,12 @@ def _labels():
 @pytest.fixture(scope="module")
 def segmenter():
     torch.manual_seed(0)
-    cfg = InferenceConfig(
-        crop=CropConfig(size=(64, 112)), init_iters=3, update_iters=2, memory=MemoryConfig(interval=2, size=4)
+    cfg = InferenceConfig(  # float32 even on bf16 CPUs: tests here compare two computations to 1e-5
+        crop=CropConfig(size=(64, 112)),
+        init_iters=3,
+        update_iters=2,
+        memory=MemoryConfig(interval=2, size=4),
+        autocast=False,
     )
     return Segmenter(LLBNet(get_config("lite", "llb")), cfg, device="cpu")
 

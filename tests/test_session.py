@@ -124,3 +124,24 @@ def test_given_masks_own_their_pixels_on_their_frame(segmenter):
     last = list(session.propagate())[-1]
     assert (last.labels[over == 2] == 2).all()
     assert np.allclose(last.probs[1][over == 2], 1) and np.allclose(last.probs[0][over == 2], 0)
+
+
+def test_stream_resumes_on_other_threads(segmenter):
+    """Web servers resume a streaming handler on any worker thread: every frame must still run, each on the
+    thread that asked for it, and the result must not depend on which one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def run(threaded: bool) -> list[np.ndarray]:
+        session = segmenter.start(_frames(8))
+        session.add_mask(0, _square_mask())
+        stream = session.propagate()
+        if not threaded:
+            return [r.probs for r in stream]
+        out = []
+        with ThreadPoolExecutor(max_workers=1) as a, ThreadPoolExecutor(max_workers=1) as b:
+            for i in range(8):
+                out.append((a if i % 2 else b).submit(next, stream).result().probs)
+        return out
+
+    for threaded, plain in zip(run(True), run(False), strict=True):
+        np.testing.assert_allclose(threaded, plain, atol=1e-6)

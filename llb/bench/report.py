@@ -1,5 +1,5 @@
 """What a benchmark gives back: a JSON document for machines, a table for people, a plot of time and memory
-against video length (drawn with OpenCV, which the project already needs)."""
+against video length (matplotlib)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from .measure import STAGES, Run, summarise
@@ -18,7 +17,6 @@ UNTRAINED_NOTE = (
 )
 HEADLINE = ("fps", "ms_median", "ms_p90", "peak_rss_mb", "peak_gpu_mb", "stages")
 DETAIL = ("ms_mean", "cpu_ms_median", "cpu_ms_mean", "engine_fps", "first_frame_ms", "stages_cpu", "load_average")
-COLOURS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75))
 
 
 def size_name(size: tuple[int, int]) -> str:
@@ -136,64 +134,28 @@ def _smooth(y: np.ndarray, k: int) -> np.ndarray:
     return np.median(windows, axis=1)
 
 
-def _tick_step(raw: float) -> float:
-    """The smallest 1, 2 or 5 times a power of ten that is at least `raw`."""
-    if raw <= 0:
-        return 1.0
-    magnitude = 10 ** np.floor(np.log10(raw))
-    return float(next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw))
-
-
-def _panel(
-    canvas: np.ndarray, rect: tuple[int, int, int, int], title: str, curves: list[tuple[np.ndarray, tuple]]
-) -> None:
-    """A line chart of `curves` (y per frame, BGR colour) in rect (x, y, w, h), y from 0."""
-    x0, y0, w, h = rect
-    font, grey = cv2.FONT_HERSHEY_SIMPLEX, (90, 90, 90)
-    left, bottom = x0 + 60, y0 + h - 30
-    top, right = y0 + 30, x0 + w - 15
-    cv2.putText(canvas, title, (left, y0 + 18), font, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
-    n, ticks = max((len(y) for y, _ in curves), default=1), 5
-    step = _tick_step(max((float(np.nanmax(y)) for y, _ in curves if len(y)), default=1.0) * 1.1 / ticks)
-    ymax = step * ticks
-    for i in range(ticks + 1):
-        py = round(bottom - (bottom - top) * i / ticks)
-        cv2.line(canvas, (left, py), (right, py), (225, 225, 225), 1)
-        cv2.putText(canvas, f"{step * i:g}", (x0 + 5, py + 4), font, 0.4, grey, 1, cv2.LINE_AA)
-        fx = round((n - 1) * i / ticks)
-        px = round(left + (right - left) * i / ticks)
-        cv2.putText(canvas, str(fx + 1), (px - 10, bottom + 18), font, 0.4, grey, 1, cv2.LINE_AA)
-    cv2.rectangle(canvas, (left, top), (right, bottom), grey, 1)
-    for y, colour in curves:
-        if len(y) < 2:
-            continue
-        xs = left + (right - left) * np.arange(len(y)) / max(n - 1, 1)
-        ys = bottom - (bottom - top) * np.asarray(y) / ymax
-        pts = np.stack([xs, ys], axis=1).round().astype(np.int32)
-        cv2.polylines(canvas, [pts], False, colour, 2, cv2.LINE_AA)
-
-
 def draw_plot(runs: Sequence[Run], path: str | os.PathLike[str]) -> None:
     """PNG of wall and CPU time per frame (running medians of 25) and memory (RSS, and GPU memory on CUDA)
     against the frame index, one curve per run: all must stay flat with the video's length."""
-    gpu = any(run.gpu_mb for run in runs)
-    panels = 4 if gpu else 3
-    width, height, legend = 500, 380, 22 * len(runs) + 16
-    canvas = np.full((height + legend, width * panels, 3), 255, np.uint8)
-    colours = [COLOURS[i % len(COLOURS)][::-1] for i in range(len(runs))]
-    curves_ms = [(_smooth(np.array([t.wall * 1000 for t in r.timings]), 25), c) for r, c in zip(runs, colours)]
-    _panel(canvas, (0, 0, width, height), "ms per frame (running median of 25) vs frame", curves_ms)
-    curves_cpu = [(_smooth(np.array([t.cpu * 1000 for t in r.timings]), 25), c) for r, c in zip(runs, colours)]
-    _panel(canvas, (width, 0, width, height), "CPU ms per frame (running median of 25) vs frame", curves_cpu)
-    curves_rss = [(np.array(r.rss_mb), c) for r, c in zip(runs, colours)]
-    _panel(canvas, (2 * width, 0, width, height), "process RSS (MB) vs frame", curves_rss)
-    if gpu:
-        curves_gpu = [(np.array(r.gpu_mb), c) for r, c in zip(runs, colours)]
-        _panel(canvas, (3 * width, 0, width, height), "GPU memory allocated (MB) vs frame", curves_gpu)
-    for i, (run, colour) in enumerate(zip(runs, colours)):
-        y = height + 14 + 22 * i
-        cv2.line(canvas, (60, y - 4), (90, y - 4), colour, 3)
-        cv2.putText(canvas, run_label(run), (100, y), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    from matplotlib.figure import Figure  # only plotting needs it; a bare Figure draws without a display
+
+    panels = [
+        ("ms per frame (running median of 25)", lambda r: _smooth(np.array([t.wall * 1000 for t in r.timings]), 25)),
+        ("CPU ms per frame (running median of 25)", lambda r: _smooth(np.array([t.cpu * 1000 for t in r.timings]), 25)),
+        ("process RSS (MB)", lambda r: np.array(r.rss_mb)),
+    ]
+    if any(run.gpu_mb for run in runs):
+        panels.append(("GPU memory allocated (MB)", lambda r: np.array(r.gpu_mb)))
+    fig = Figure(figsize=(4.2 * len(panels), 3.6), layout="constrained")
+    for ax, (title, series) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels, strict=True):
+        for run in runs:
+            y = series(run)
+            ax.plot(np.arange(1, len(y) + 1), y, label=run_label(run), linewidth=1.2)
+        ax.set(title=title, xlabel="frame", ylim=(0, None))
+        ax.grid(alpha=0.3)
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=min(len(runs), 3))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), canvas):
-        raise ValueError(f"could not write the plot to {path}: give a .png path")
+    try:
+        fig.savefig(path, dpi=110)
+    except ValueError as err:
+        raise ValueError(f"could not write the plot to {path}: give a .png path ({err})") from err

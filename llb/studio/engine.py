@@ -93,11 +93,10 @@ class Models:
 def _on_one_thread(
     make: Callable[[], Iterator[FrameResult]], stop: threading.Event
 ) -> Iterator[tuple[FrameResult, float]]:
-    """Iterate a session's stream on one dedicated thread, yielding (result, seconds it took).
+    """Iterate a session's stream on its own thread, yielding (result, seconds it took).
 
-    The engine's generator holds `torch.inference_mode()` (thread-local) across its yields, while Gradio
-    resumes a streaming handler on any of its worker threads: iterating here keeps every step on the thread
-    that entered the mode. `stop` (or closing this iterator) ends the stream after the current frame.
+    The engine runs up to two frames ahead of the page: while Gradio encodes and sends one preview, the next
+    frame is being segmented. `stop` (or closing this iterator) ends the stream after the current frame.
     """
     out: queue.Queue = queue.Queue(maxsize=2)
     halt = threading.Event()
