@@ -75,9 +75,7 @@ def build_segmenter(args: argparse.Namespace) -> Segmenter:
         variant=args.variant,
         device=str(device),
         allow_untrained=args.allow_untrained,
-        inference=InferenceConfig.schedule(
-            args.schedule, crop=CropConfig(size=size), autocast=not args.fp32
-        ),
+        inference=InferenceConfig.schedule(args.schedule, crop=CropConfig(size=size), autocast=not args.fp32),
     )
     if not seg.trained:
         print(f"WARNING: {UNTRAINED}: the {seg.model.cfg.key} network has no trained weights.", file=sys.stderr)
