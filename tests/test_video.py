@@ -320,3 +320,14 @@ def test_real_davis_annotation(data_dir: Path, tmp_path: Path) -> None:
     shown = overlay(frame, labels)
     assert shown.shape == frame.shape and np.array_equal(shown[labels == 0], frame[labels == 0])
     assert not np.array_equal(shown[labels == 1], frame[labels == 1])
+
+
+@pytest.mark.parametrize("width", [160, 320, 1280])
+def test_untrained_stamp_fits_narrow_frames(width):
+    from llb.options import UNTRAINED
+    from llb.video.export import stamp
+
+    out = stamp(np.full((120, width, 3), 200, np.uint8), UNTRAINED)
+    text = (out[..., 0] > 200) & (out[..., 1] < 120)  # the banner's red letters
+    cols = np.flatnonzero(text.any(axis=0))
+    assert cols.size and cols.min() > 0 and cols.max() < width - 1  # not cut at either edge

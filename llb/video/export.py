@@ -17,7 +17,8 @@ def stamp(frame: np.ndarray, text: str) -> np.ndarray:
     """Burn a warning banner into the top of a frame (used for output of an untrained network)."""
     out = frame.copy()
     w = out.shape[1]
-    scale = max(0.4, w / 1400)
+    unit_width = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 1.0, 1)[0][0]
+    scale = min(max(0.4, w / 1400), 0.95 * (w - 8) / unit_width)  # whole on narrow frames too
     thickness = max(1, round(scale * 2))
     (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
     band = th + base + 8
