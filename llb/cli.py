@@ -11,10 +11,12 @@ from tqdm import tqdm
 
 from .bench import add_bench_arguments, run_bench
 from .checkpoint import CheckpointError
+from .evaluation.clicks import add_eval_clicks_arguments, run_eval_clicks
 from .evaluation.davis import add_eval_arguments, run_eval
 from .official import add_import_arguments, run_import
 from .options import UNTRAINED, add_model_args, build_segmenter
 from .parity import add_check_arguments, run_check
+from .training.clicks import add_train_clicks_arguments, run_train_clicks
 from .training.trainer import add_train_arguments, run_train
 from .video.export import ResultWriter
 from .video.io import VideoError, probe
@@ -51,6 +53,18 @@ COMMANDS: tuple[Command, ...] = (
     ("segment", "track the objects of a first-frame mask through a video", add_segment_arguments, cmd_segment),
     ("eval", "DAVIS J&F (or a YouTube-VOS submission) as the benchmarks compute it", add_eval_arguments, run_eval),
     ("train", "train a network: synthetic clips from still images, then real videos", add_train_arguments, run_train),
+    (
+        "eval-clicks",
+        "the click protocol (IoU@k, NoC85/90) of the click backends on first frames",
+        add_eval_clicks_arguments,
+        run_eval_clicks,
+    ),
+    (
+        "train-clicks",
+        "train the click model: iterative simulated clicks on still images and video frames",
+        add_train_clicks_arguments,
+        run_train_clicks,
+    ),
     ("bench", "speed and memory per stage, LLB beside the JOINT baseline", add_bench_arguments, run_bench),
     (
         "import-official",

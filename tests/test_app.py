@@ -83,11 +83,13 @@ def app(tmp_path_factory):
     write_video(root / "examples" / "01_dog.mp4", make_frames())
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
+    module = None
     try:
         module = importlib.reload(sys.modules["app"]) if "app" in sys.modules else importlib.import_module("app")
         yield module
     finally:
-        module.SESSIONS.close_all()
+        if module is not None:
+            module.SESSIONS.close_all()
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)

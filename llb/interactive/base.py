@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import cv2
 import numpy as np
 
 
@@ -35,3 +36,13 @@ class ClickSegmenter(Protocol):
 def click_radius(shape: tuple[int, ...]) -> int:
     """Radius of the disc a click pins as certain object or background: about 1.2% of the shorter side."""
     return max(3, round(min(shape[:2]) * 0.012))
+
+
+def pin_clicks(mask: np.ndarray, clicks: Sequence[Click]) -> np.ndarray:
+    """`mask` (H, W) bool with a small disc (half the click radius) under each click set to its side, later
+    clicks last: whatever a model predicts, the pixel a person clicked shows what they asked for."""
+    pins = np.full(mask.shape, 255, np.uint8)
+    radius = max(1, click_radius(mask.shape) // 2)
+    for c in clicks:
+        cv2.circle(pins, (c.x, c.y), radius, int(c.positive), -1)
+    return np.where(pins == 255, mask, pins == 1)

