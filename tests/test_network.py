@@ -1,6 +1,7 @@
 """The six variants of the paper's ablations, the two named configurations, and checkpoints."""
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -145,5 +146,6 @@ def test_shipped_checkpoints_load_as_trained_defaults(variant, monkeypatch):
     monkeypatch.delenv("LLB_CHECKPOINT_DIR", raising=False)
     model = load_model(variant=variant)
     assert model.trained and model.cfg.key == f"lite-{variant}"
-    _, _, meta = read_checkpoint(f"checkpoints/lite-{variant}.safetensors")
-    assert '"steps": 450' in meta["info"]
+    infos = {v: json.loads(read_checkpoint(f"checkpoints/lite-{v}.safetensors")[2]["info"]) for v in ("llb", "joint")}
+    assert infos["llb"]["steps"] == infos["joint"]["steps"] > 0  # LLB and the baseline got the same budget
+    assert infos["llb"]["batch"] == infos["joint"]["batch"] and infos["llb"]["size_hw"] == infos["joint"]["size_hw"]
