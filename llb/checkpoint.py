@@ -65,6 +65,14 @@ def save_checkpoint(
         for k, v in model.state_dict().items()
         if not (omit and k.startswith(OMITTED_BACKBONE))
     }
+    return write_tensors(state, path, meta, max_shard_bytes)
+
+
+def write_tensors(
+    state: dict[str, torch.Tensor], path: Path, meta: dict[str, str], max_shard_bytes: int | None
+) -> list[Path]:
+    """`state` as one safetensors file, or as parts of at most `max_shard_bytes` plus an index (the Hugging Face
+    layout: `<stem>-0000i-of-0000n.safetensors` and `<name>.index.json`); every part carries `meta`."""
     shards = list(_split(state, max_shard_bytes))
     if len(shards) == 1:
         save_file(shards[0], str(path), metadata=meta)
@@ -82,6 +90,30 @@ def save_checkpoint(
     return [*files, _index_path(path)]
 
 
+def read_tensors(path: str | Path, what: str = "checkpoint") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a safetensors file, or of the parts its index names; CheckpointError (naming
+    `what`) when it is missing or unreadable."""
+    path = Path(path)
+    index = _index_path(path)
+    if path.is_file():
+        files = [path]
+    elif index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        files = [path.with_name(name) for name in sorted(set(weight_map.values()))]
+    else:
+        raise CheckpointError(f"{what} {path} does not exist: pass the path of a .safetensors {what}")
+    state: dict[str, torch.Tensor] = {}
+    meta: dict[str, str] = {}
+    for file in files:
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                meta = f.metadata() or {}
+                state.update({k: f.get_tensor(k) for k in f.keys()})  # noqa: SIM118 (safe_open has no __iter__)
+        except (OSError, ValueError, RuntimeError, SafetensorError) as err:
+            raise CheckpointError(f"cannot read {what} {file}: {err}. Is it a .safetensors file?") from err
+    return state, meta
+
+
 def _split(state: dict[str, torch.Tensor], max_bytes: int | None) -> Iterable[dict[str, torch.Tensor]]:
     shard: dict[str, torch.Tensor] = {}
     size = 0
@@ -97,24 +129,7 @@ def _split(state: dict[str, torch.Tensor], max_bytes: int | None) -> Iterable[di
 
 def read_checkpoint(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], dict[str, str]]:
     """Config, tensors and metadata of a checkpoint file (or of the shards its index names)."""
-    path = Path(path)
-    index = _index_path(path)
-    if path.is_file():
-        files = [path]
-    elif index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        files = [path.with_name(name) for name in sorted(set(weight_map.values()))]
-    else:
-        raise CheckpointError(f"checkpoint {path} does not exist: pass the path of a .safetensors checkpoint")
-    state: dict[str, torch.Tensor] = {}
-    meta: dict[str, str] = {}
-    for file in files:
-        try:
-            with safe_open(str(file), framework="pt") as f:
-                meta = f.metadata() or {}
-                state.update({k: f.get_tensor(k) for k in f.keys()})  # noqa: SIM118 (safe_open has no __iter__)
-        except (OSError, ValueError, RuntimeError, SafetensorError) as err:
-            raise CheckpointError(f"cannot read checkpoint {file}: {err}. Is it a .safetensors file?") from err
+    state, meta = read_tensors(path)
     if meta.get("format") != FORMAT or "config" not in meta:
         raise CheckpointError(
             f"{path} is a safetensors file but not an LLB checkpoint (no '{FORMAT}' metadata); "
