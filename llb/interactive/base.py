@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -46,3 +47,37 @@ def pin_clicks(mask: np.ndarray, clicks: Sequence[Click]) -> np.ndarray:
     for c in clicks:
         cv2.circle(pins, (c.x, c.y), radius, int(c.positive), -1)
     return np.where(pins == 255, mask, pins == 1)
+
+
+class ClickHistory:
+    """Masks after every prefix of recent click sequences on one frame, keyed also by the starting prior, so
+    that each new click computes only itself (people, and the click protocol, add clicks one at a time)."""
+
+    def __init__(self, size: int = 64) -> None:
+        self.size = size
+        self._masks: dict[tuple, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self._masks)
+
+    def clear(self) -> None:
+        self._masks.clear()
+
+    @staticmethod
+    def start(prior: np.ndarray | None) -> bytes:
+        """Key of the mask a sequence starts from (none, or a hash of the prior)."""
+        return b"" if prior is None else hashlib.blake2b(np.packbits(prior).tobytes(), digest_size=8).digest()
+
+    def longest(self, start: bytes, clicks: Sequence[Click]) -> tuple[np.ndarray | None, int]:
+        """The stored mask after the longest known prefix of `clicks`, and its length; (None, 0) if none."""
+        for k in range(len(clicks), 0, -1):
+            mask = self._masks.get((start, *clicks[:k]))
+            if mask is not None:
+                return mask, k
+        return None, 0
+
+    def add(self, start: bytes, clicks: Sequence[Click], mask: np.ndarray) -> None:
+        """Remember the mask after `clicks`, dropping the oldest entry when full."""
+        if len(self._masks) >= self.size:
+            self._masks.pop(next(iter(self._masks)))
+        self._masks[(start, *clicks)] = mask

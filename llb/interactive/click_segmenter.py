@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 import torch
 
-from .base import Click, pin_clicks
+from .base import Click, ClickHistory, pin_clicks
 from .click_checkpoint import KEY, load_click_model
 from .click_model import ClickModel, guidance_maps, salient_start, working_size
 
@@ -66,7 +66,7 @@ class ClickModelSegmenter:
         self._image: np.ndarray | None = None
         self._saliency: np.ndarray | None = None  # frame size, float32
         self._views: dict[Box, View] = {}
-        self._history: dict[tuple, np.ndarray] = {}
+        self._history = ClickHistory(HISTORY)
 
     @classmethod
     def load(cls, checkpoint: str | Path | None = None, zoom: bool = True) -> ClickModelSegmenter:
@@ -89,7 +89,8 @@ class ClickModelSegmenter:
             return
         h, w = image.shape[:2]
         self._key, self._image, self._saliency = key, image, None
-        self._views, self._history = {}, {}
+        self._views = {}
+        self._history.clear()
         self._view((0, 0, w, h))
 
     def _view(self, box: Box) -> View:
@@ -156,18 +157,13 @@ class ClickModelSegmenter:
         if prior is None and not any(c.positive for c in clicks):
             return np.zeros((h, w), dtype=bool)
         self.prepare(image)
-        start = b"" if prior is None else hashlib.blake2b(np.packbits(prior).tobytes(), digest_size=8).digest()
-        mask, done = (prior if prior is not None else np.zeros((h, w), bool)), 0
-        for k in range(len(clicks), 0, -1):
-            if (start, *clicks[:k]) in self._history:
-                mask, done = self._history[(start, *clicks[:k])], k
-                break
+        start = ClickHistory.start(prior)
+        stored, done = self._history.longest(start, clicks)
+        mask = stored if stored is not None else (prior if prior is not None else np.zeros((h, w), bool))
         if done == 0 and prior is None and self.model.cfg.salient_start:
             assert self._saliency is not None
             mask = salient_start(self._saliency, [(c.x, c.y, c.positive) for c in clicks[:1]])
         for k in range(done + 1, len(clicks) + 1):
             mask = self._step(mask, clicks[:k])
-            if len(self._history) >= HISTORY:
-                self._history.pop(next(iter(self._history)))
-            self._history[(start, *clicks[:k])] = mask
+            self._history.add(start, clicks[:k], mask)
         return pin_clicks(mask, clicks)

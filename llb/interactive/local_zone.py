@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 from skimage.graph import MCP_Geometric
 
-from .base import Click, click_radius
+from .base import Click, ClickHistory, click_radius
 
 ZONE = 0.08  # radius of a click's local zone, as a fraction of the longer image side
 SALIENT = 0.5
@@ -40,7 +40,7 @@ class LocalZoneSegmenter:
         self.name = "u2netp + local GrabCut" if saliency else "local GrabCut"
         self._key: str | None = None
         self._frame: dict[str, np.ndarray] = {}
-        self._history: dict[tuple, np.ndarray] = {}
+        self._history = ClickHistory(HISTORY)
 
     def prepare(self, image: np.ndarray) -> None:
         """Saliency components and the colour-gradient cost of a frame (H, W, 3) RGB; kept for its clicks."""
@@ -59,7 +59,7 @@ class LocalZoneSegmenter:
         )
         self._frame = {"regions": regions, "cost": 1 + GRADIENT_WEIGHT * grad}
         self._key = key
-        self._history = {}
+        self._history.clear()
 
     def segment(self, image: np.ndarray, clicks: Sequence[Click], prior: np.ndarray | None = None) -> np.ndarray:
         h, w = image.shape[:2]
@@ -69,17 +69,12 @@ class LocalZoneSegmenter:
         if prior is None and not any(c.positive for c in clicks):
             return np.zeros((h, w), dtype=bool)
         self.prepare(image)
-        start = b"" if prior is None else hashlib.blake2b(np.packbits(prior).tobytes(), digest_size=8).digest()
-        mask, done = (prior.copy() if prior is not None else np.zeros((h, w), bool)), 0
-        for k in range(len(clicks), 0, -1):
-            if (start, *clicks[:k]) in self._history:
-                mask, done = self._history[(start, *clicks[:k])], k
-                break
+        start = ClickHistory.start(prior)
+        stored, done = self._history.longest(start, clicks)
+        mask = stored if stored is not None else (prior.copy() if prior is not None else np.zeros((h, w), bool))
         for k in range(done, len(clicks)):
             mask = self._apply(image, mask, clicks[: k + 1])
-            if len(self._history) >= HISTORY:
-                self._history.pop(next(iter(self._history)))
-            self._history[(start, *clicks[: k + 1])] = mask
+            self._history.add(start, clicks[: k + 1], mask)
         return mask.copy()
 
     def _apply(self, image: np.ndarray, mask: np.ndarray, clicks: Sequence[Click]) -> np.ndarray:

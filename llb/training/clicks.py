@@ -20,7 +20,6 @@ import argparse
 import json
 import math
 import platform
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,7 +41,7 @@ from llb.interactive.saliency import U2NetSaliency, find_u2netp
 from .click_data import CachedImage, Source, build_cache, cache_name, load_cached, training_sources
 from .config import MIB, _from_dict, apply_overrides, shared_data_dir
 from .monitor import CsvLog
-from .trainer import SHARD_HEADER_MARGIN, _flatten_optimizer, _seed_everything, _unflatten_optimizer
+from .trainer import SHARD_HEADER_MARGIN, _flatten_optimizer, _seed_everything, _unflatten_optimizer, replacing
 
 STATE_FORMAT = "llb-clicks-train-state/1"
 LOG_FIELDS = ("step", "loss", "bce", "soft_iou", "iou", "lr", "grad_norm", "sec_per_step", "images")
@@ -318,26 +317,18 @@ class ClickTrainer:
 
     def save_state(self, folder: Path) -> None:
         """head (float32), optimiser state and state.json into `folder`, replaced atomically."""
-        tmp = folder.with_name(folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        save_click_checkpoint(self.model, tmp / "head.safetensors", trained=False, info=self.info(), half=False)
-        tensors, meta = _flatten_optimizer(self.optimizer.state_dict())
-        save_file(tensors, str(tmp / "optimizer.safetensors"))
-        state = {
-            "format": STATE_FORMAT,
-            "step": self.step,
-            "seconds": self.seconds,
-            "config": json.loads(self.cfg.to_json()),
-            "optimizer": meta,
-        }
-        (tmp / "state.json").write_text(json.dumps(state, indent=1, sort_keys=True))
-        old = folder.with_name(folder.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        if folder.exists():
-            folder.rename(old)
-        tmp.rename(folder)
-        shutil.rmtree(old, ignore_errors=True)
+        with replacing(folder) as tmp:
+            save_click_checkpoint(self.model, tmp / "head.safetensors", trained=False, info=self.info(), half=False)
+            tensors, meta = _flatten_optimizer(self.optimizer.state_dict())
+            save_file(tensors, str(tmp / "optimizer.safetensors"))
+            state = {
+                "format": STATE_FORMAT,
+                "step": self.step,
+                "seconds": self.seconds,
+                "config": json.loads(self.cfg.to_json()),
+                "optimizer": meta,
+            }
+            (tmp / "state.json").write_text(json.dumps(state, indent=1, sort_keys=True))
 
     def load_state(self, folder: Path) -> None:
         state = read_click_state(folder)

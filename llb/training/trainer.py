@@ -392,28 +392,20 @@ class Trainer:
         """Write the resume state to `folder` (replaced atomically): model.safetensors (with config),
         optimizer.safetensors, rng.safetensors and state.json."""
         folder = Path(folder)
-        tmp = folder.with_name(folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        save_checkpoint(self.model, tmp / "model.safetensors", trained=False, info=self.info())
-        opt_tensors, opt_meta = _flatten_optimizer(self.optimizer.state_dict())
-        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-        rng_tensors, rng_meta = _rng_to_safetensors(_rng_state())
-        save_file(rng_tensors, str(tmp / "rng.safetensors"))
-        state = {
-            "format": STATE_FORMAT,
-            "step": self.step,
-            "config": self.cfg.to_dict(),
-            "optimizer": opt_meta,
-            "rng": rng_meta,
-        }
-        (tmp / "state.json").write_text(json.dumps(state, indent=1, sort_keys=True))
-        old = folder.with_name(folder.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        if folder.exists():
-            folder.rename(old)
-        tmp.rename(folder)
-        shutil.rmtree(old, ignore_errors=True)
+        with replacing(folder) as tmp:
+            save_checkpoint(self.model, tmp / "model.safetensors", trained=False, info=self.info())
+            opt_tensors, opt_meta = _flatten_optimizer(self.optimizer.state_dict())
+            save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+            rng_tensors, rng_meta = _rng_to_safetensors(_rng_state())
+            save_file(rng_tensors, str(tmp / "rng.safetensors"))
+            state = {
+                "format": STATE_FORMAT,
+                "step": self.step,
+                "config": self.cfg.to_dict(),
+                "optimizer": opt_meta,
+                "rng": rng_meta,
+            }
+            (tmp / "state.json").write_text(json.dumps(state, indent=1, sort_keys=True))
         return folder
 
     def load_state(self, folder: str | Path) -> None:
@@ -429,6 +421,22 @@ class Trainer:
         self.optimizer.load_state_dict(opt)
         self.step = int(state["step"])
         _set_rng_state(_rng_from_safetensors(load_file(str(folder / "rng.safetensors")), state["rng"]))
+
+
+@contextlib.contextmanager
+def replacing(folder: Path) -> Iterator[Path]:
+    """A fresh `<folder>.tmp` to write a state into; when the block ends without error it replaces `folder`, so
+    an interrupted save never leaves a half-written state where a resume would read it."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    yield tmp
+    old = folder.with_name(folder.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        folder.rename(old)
+    tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def read_state(folder: str | Path) -> dict[str, Any]:
