@@ -68,16 +68,30 @@ class ClickHistory:
         """Key of the mask a sequence starts from (none, or a hash of the prior)."""
         return b"" if prior is None else hashlib.blake2b(np.packbits(prior).tobytes(), digest_size=8).digest()
 
-    def longest(self, start: bytes, clicks: Sequence[Click]) -> tuple[np.ndarray | None, int]:
-        """The stored mask after the longest known prefix of `clicks`, and its length; (None, 0) if none."""
+    def resume(
+        self, prior: np.ndarray | None, clicks: Sequence[Click], shape: tuple[int, int]
+    ) -> tuple[bytes, np.ndarray, int]:
+        """(start key, mask, k): the stored mask after the longest known prefix of `clicks` and its length k,
+        or the prior (an empty mask without one) and 0."""
+        start = self.start(prior)
         for k in range(len(clicks), 0, -1):
             mask = self._masks.get((start, *clicks[:k]))
             if mask is not None:
-                return mask, k
-        return None, 0
+                return start, mask, k
+        return start, (prior.copy() if prior is not None else np.zeros(shape, bool)), 0
 
     def add(self, start: bytes, clicks: Sequence[Click], mask: np.ndarray) -> None:
         """Remember the mask after `clicks`, dropping the oldest entry when full."""
         if len(self._masks) >= self.size:
             self._masks.pop(next(iter(self._masks)))
         self._masks[(start, *clicks)] = mask
+
+
+def trivial_mask(clicks: Sequence[Click], prior: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray | None:
+    """The answer when there is nothing to segment: the prior (or an empty mask) without clicks, an empty mask
+    for negative clicks alone without a prior; None when the clicks need a backend."""
+    if not clicks:
+        return prior if prior is not None else np.zeros(shape, dtype=bool)
+    if prior is None and not any(c.positive for c in clicks):
+        return np.zeros(shape, dtype=bool)
+    return None

@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 import torch
 
-from .base import Click, ClickHistory, pin_clicks
+from .base import Click, ClickHistory, pin_clicks, trivial_mask
 from .click_checkpoint import KEY, load_click_model
 from .click_model import ClickModel, guidance_maps, salient_start, working_size
 
@@ -152,14 +152,10 @@ class ClickModelSegmenter:
     def segment(self, image: np.ndarray, clicks: Sequence[Click], prior: np.ndarray | None = None) -> np.ndarray:
         h, w = image.shape[:2]
         prior = prior.astype(bool) if prior is not None and prior.any() else None
-        if not clicks:
-            return prior if prior is not None else np.zeros((h, w), dtype=bool)
-        if prior is None and not any(c.positive for c in clicks):
-            return np.zeros((h, w), dtype=bool)
+        if (trivial := trivial_mask(clicks, prior, (h, w))) is not None:
+            return trivial
         self.prepare(image)
-        start = ClickHistory.start(prior)
-        stored, done = self._history.longest(start, clicks)
-        mask = stored if stored is not None else (prior if prior is not None else np.zeros((h, w), bool))
+        start, mask, done = self._history.resume(prior, clicks, (h, w))
         if done == 0 and prior is None and self.model.cfg.salient_start:
             assert self._saliency is not None
             mask = salient_start(self._saliency, [(c.x, c.y, c.positive) for c in clicks[:1]])

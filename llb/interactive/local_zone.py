@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 from skimage.graph import MCP_Geometric
 
-from .base import Click, ClickHistory, click_radius
+from .base import Click, ClickHistory, click_radius, trivial_mask
 
 ZONE = 0.08  # radius of a click's local zone, as a fraction of the longer image side
 SALIENT = 0.5
@@ -64,14 +64,10 @@ class LocalZoneSegmenter:
     def segment(self, image: np.ndarray, clicks: Sequence[Click], prior: np.ndarray | None = None) -> np.ndarray:
         h, w = image.shape[:2]
         prior = prior.astype(bool) if prior is not None and prior.any() else None
-        if not clicks:
-            return prior if prior is not None else np.zeros((h, w), dtype=bool)
-        if prior is None and not any(c.positive for c in clicks):
-            return np.zeros((h, w), dtype=bool)
+        if (trivial := trivial_mask(clicks, prior, (h, w))) is not None:
+            return trivial
         self.prepare(image)
-        start = ClickHistory.start(prior)
-        stored, done = self._history.longest(start, clicks)
-        mask = stored if stored is not None else (prior.copy() if prior is not None else np.zeros((h, w), bool))
+        start, mask, done = self._history.resume(prior, clicks, (h, w))
         for k in range(done, len(clicks)):
             mask = self._apply(image, mask, clicks[: k + 1])
             self._history.add(start, clicks[: k + 1], mask)
