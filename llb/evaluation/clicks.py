@@ -12,7 +12,7 @@ Metric. IoU@k is the mean IoU after k clicks; NoC@85 / NoC@90 the clicks needed 
 10 clicks do not (the issue's convention), averaged over frames; `never90` counts the frames that never reach
 0.90. The time per click leaves out what a method computes once per frame (`prepare`, reported apart).
 
-Pure numpy / OpenCV (no torch): training imports `next_click` for its simulated clicks.
+Training imports `next_click` for its simulated clicks, so clicks are placed the same way in both.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from llb.data.sampler import read_rgb
 from llb.interactive.base import Click
 
 MAX_CLICKS = 10
@@ -77,10 +78,10 @@ def iou(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray | None = None) -> fl
     return np.count_nonzero(pred & gt) / union if union else 1.0
 
 
-def _inner_distance(region: np.ndarray) -> np.ndarray:
-    """Distance of each pixel of `region` (H, W) to its boundary, the image edge included (padding)."""
+def inner_distance(region: np.ndarray, mask_size: int = cv2.DIST_MASK_PRECISE) -> np.ndarray:
+    """Distance of each pixel of `region` (H, W) to its boundary, the image edge included (padding), float32."""
     padded = np.pad(region.astype(np.uint8), 1)
-    return cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
+    return cv2.distanceTransform(padded, cv2.DIST_L2, mask_size)[1:-1, 1:-1]
 
 
 def next_click(
@@ -98,7 +99,7 @@ def next_click(
     fn, fp = gt & ~pred, ~gt & pred
     if valid is not None:
         fn, fp = fn & valid, fp & valid
-    fn_dt, fp_dt = _inner_distance(fn), _inner_distance(fp)
+    fn_dt, fp_dt = inner_distance(fn), inner_distance(fp)
     for c in clicked:
         fn_dt[c.y, c.x] = fp_dt[c.y, c.x] = 0
     fn_max, fp_max = float(fn_dt.max()), float(fp_dt.max())
@@ -164,13 +165,6 @@ def summarize(results: Sequence[FrameResult]) -> dict[str, Any]:
 
 
 # ---- data -----------------------------------------------------------------------------------------------
-def _read_rgb(path: Path) -> np.ndarray:
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise FileNotFoundError(f"cannot read image {path}")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
 def _read_ids(path: Path) -> np.ndarray:
     """A mask PNG as ids: palette indices as stored; a grey mask -> 0/1 (threshold 128)."""
     with Image.open(path) as im:
@@ -206,7 +200,7 @@ def davis_first_frames(root: str | Path) -> list[Sample]:
         if not masks or not frames:
             continue
         frame = next((f for f in frames if f.stem == masks[0].stem), frames[0])
-        samples += _objects(_read_rgb(frame), _read_ids(masks[0]), seq.name)
+        samples += _objects(read_rgb(frame), _read_ids(masks[0]), seq.name)
     if not samples:
         raise FileNotFoundError(f"{root} holds no sequence with an annotated first frame")
     return samples
@@ -219,44 +213,26 @@ def folder_samples(images: str | Path, masks: str | Path) -> list[Sample]:
     for path in sorted(Path(images).iterdir()):
         mask = masks / f"{path.stem}.png"
         if path.suffix.lower() in (".jpg", ".jpeg", ".png") and mask.is_file():
-            samples += _objects(_read_rgb(path), _read_ids(mask), path.stem)
+            samples += _objects(read_rgb(path), _read_ids(mask), path.stem)
     if not samples:
         raise FileNotFoundError(f"no image in {images} has a mask of the same name in {masks}")
     return samples
 
 
 # ---- report ---------------------------------------------------------------------------------------------
-COLOURS = ((0, 90, 200), (230, 120, 0), (0, 160, 60), (200, 0, 120), (120, 120, 120))  # BGR
-
-
 def plot_curves(curves: dict[str, Sequence[float]], path: str | Path, title: str = "") -> None:
-    """IoU against clicks, one line per method, as a PNG (OpenCV drawing: no plotting library needed)."""
-    w, h, left, right, top, bottom = 720, 480, 70, 200, 40, 60
-    img = np.full((h, w, 3), 255, np.uint8)
-    pw, ph = w - left - right, h - top - bottom
+    """IoU against clicks, one line per method, as a PNG."""
+    from matplotlib.figure import Figure  # only the report needs it; a bare Figure draws without a display
+
+    fig = Figure(figsize=(7.2, 4.8), layout="constrained")
+    ax = fig.subplots()
+    for name, curve in curves.items():
+        ax.plot(np.arange(1, len(curve) + 1), curve, marker="o", markersize=3, label=name)
     n = max((len(c) for c in curves.values()), default=MAX_CLICKS)
-
-    def xy(k: float, v: float) -> tuple[int, int]:
-        return round(left + (k - 1) / max(1, n - 1) * pw), round(top + (1 - v) * ph)
-
-    font = cv2.FONT_HERSHEY_SIMPLEX
-    for v in np.linspace(0, 1, 11):
-        cv2.line(img, xy(1, v), xy(n, v), (225, 225, 225), 1)
-        cv2.putText(img, f"{v:.1f}", (left - 40, xy(1, v)[1] + 5), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
-    for k in range(1, n + 1):
-        cv2.putText(img, str(k), (xy(k, 0)[0] - 5, top + ph + 20), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
-    cv2.rectangle(img, (left, top), (left + pw, top + ph), (0, 0, 0), 1)
-    cv2.putText(img, "clicks", (left + pw // 2 - 25, h - 15), font, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
-    cv2.putText(img, "mean IoU", (5, top - 15), font, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
-    cv2.putText(img, title, (left + 100, top - 15), font, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
-    for i, (name, curve) in enumerate(curves.items()):
-        colour = COLOURS[i % len(COLOURS)]
-        points = np.array([xy(k, v) for k, v in enumerate(curve, 1)], np.int32)
-        cv2.polylines(img, [points], False, colour, 2, cv2.LINE_AA)
-        for p in points:
-            cv2.circle(img, tuple(int(c) for c in p), 3, colour, -1, cv2.LINE_AA)
-        cv2.putText(img, name[:22], (left + pw + 12, top + 20 + 22 * i), font, 0.45, colour, 1, cv2.LINE_AA)
-    cv2.imwrite(str(path), img)
+    ax.set(title=title, xlabel="clicks", ylabel="mean IoU", ylim=(0, 1), xticks=range(1, n + 1))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.savefig(path, dpi=100)
 
 
 def evaluate(

@@ -25,13 +25,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from llb.evaluation.clicks import davis_first_frames, next_click, run_protocol, summarize
+from llb.evaluation.clicks import davis_first_frames, inner_distance, iou, next_click, run_protocol, summarize
 from llb.interactive.base import Click
 from llb.interactive.click_checkpoint import KEY, read_click_checkpoint, save_click_checkpoint
 from llb.interactive.click_model import ClickModel, ClickModelConfig, guidance_maps, salient_start
@@ -41,7 +42,14 @@ from llb.interactive.saliency import U2NetSaliency, find_u2netp
 from .click_data import CachedImage, Source, build_cache, cache_name, load_cached, training_sources
 from .config import MIB, _from_dict, apply_overrides, shared_data_dir
 from .monitor import CsvLog
-from .trainer import SHARD_HEADER_MARGIN, _flatten_optimizer, _seed_everything, _unflatten_optimizer, replacing
+from .trainer import (
+    SHARD_HEADER_MARGIN,
+    _flatten_optimizer,
+    _seed_everything,
+    _unflatten_optimizer,
+    read_state,
+    replacing,
+)
 
 STATE_FORMAT = "llb-clicks-train-state/1"
 LOG_FIELDS = ("step", "loss", "bce", "soft_iou", "iou", "lr", "grad_norm", "sec_per_step", "images")
@@ -96,27 +104,21 @@ def first_clicks(gt: np.ndarray, rng: np.random.Generator, extra: float) -> list
     click = next_click(np.zeros_like(gt), gt)
     assert click is not None
     clicks = [click]
-    inside = cv2_distance(gt)
+    inside = inner_distance(gt, cv2.DIST_MASK_3)
     if rng.random() < 0.5:
         ys, xs = np.nonzero(inside >= 0.3 * inside.max())
         i = rng.integers(len(ys))
         clicks = [Click(int(xs[i]), int(ys[i]), True)]
     if rng.random() < extra:
+        outside = inner_distance(~gt, cv2.DIST_MASK_3)
         for _ in range(rng.integers(1, 3)):
             positive = rng.random() < 0.5
-            region = inside > 0.2 * inside.max() if positive else (cv2_distance(~gt) > 3) & (cv2_distance(~gt) < 40)
+            region = inside > 0.2 * inside.max() if positive else (outside > 3) & (outside < 40)
             ys, xs = np.nonzero(region)
             if len(ys):
                 i = rng.integers(len(ys))
                 clicks.append(Click(int(xs[i]), int(ys[i]), positive))
     return clicks
-
-
-def cv2_distance(region: np.ndarray) -> np.ndarray:
-    """Distance to the region's boundary (image edge included), (H, W) float32."""
-    import cv2
-
-    return cv2.distanceTransform(np.pad(region.astype(np.uint8), 1), cv2.DIST_L2, 3)[1:-1, 1:-1]
 
 
 def sample_loss(
@@ -152,9 +154,7 @@ def sample_loss(
     soft_iou = 1 - (p * target).sum() / (p + target * weight - p * target).sum().clamp(min=1.0)
     loss = bce + cfg.soft_iou_weight * soft_iou
     pred = logits.detach().numpy() > 0
-    union = np.count_nonzero((pred | gt) & valid)
-    iou = np.count_nonzero(pred & gt & valid) / union if union else 1.0
-    return loss, {"bce": float(bce.detach()), "soft_iou": float(soft_iou.detach()), "iou": iou}
+    return loss, {"bce": float(bce.detach()), "soft_iou": float(soft_iou.detach()), "iou": iou(pred, gt, valid)}
 
 
 def configured_sources(cfg: ClickTrainConfig) -> list[Source]:
@@ -370,13 +370,8 @@ wheel, Apache-2.0): image + positive / negative clicks + previous mask -> one ma
 
 
 def read_click_state(folder: str | Path) -> dict[str, Any]:
-    path = Path(folder) / "state.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{folder} is not a click-training resume folder (no state.json); pass RUN/last")
-    state = json.loads(path.read_text())
-    if state.get("format") != STATE_FORMAT:
-        raise ValueError(f"{path} is not a click-model training state ({STATE_FORMAT})")
-    return state
+    """state.json of a click-training resume folder."""
+    return read_state(folder, STATE_FORMAT, "a click-model training state")
 
 
 # ---- command line ---------------------------------------------------------------------------------------

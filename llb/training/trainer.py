@@ -439,14 +439,14 @@ def replacing(folder: Path) -> Iterator[Path]:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def read_state(folder: str | Path) -> dict[str, Any]:
-    """state.json of a resume folder (its config under "config")."""
+def read_state(folder: str | Path, fmt: str = STATE_FORMAT, what: str = "an LLB training state") -> dict[str, Any]:
+    """state.json of a resume folder (its config under "config"), checked to be of format `fmt`."""
     path = Path(folder) / "state.json"
     if not path.is_file():
         raise FileNotFoundError(f"{folder} is not a resume folder (no state.json); pass RUN/last")
     state = json.loads(path.read_text())
-    if state.get("format") != STATE_FORMAT:
-        raise ValueError(f"{path} is not an LLB training state ({STATE_FORMAT})")
+    if state.get("format") != fmt:
+        raise ValueError(f"{path} is not {what} ({fmt})")
     return state
 
 
