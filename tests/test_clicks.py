@@ -26,6 +26,7 @@ from llb.evaluation.clicks import (
     summarize,
 )
 from llb.interactive import Click, LocalZoneSegmenter
+from llb.interactive.base import progressive_merge
 from llb.interactive.click_checkpoint import load_click_model, read_click_checkpoint, save_click_checkpoint
 from llb.interactive.click_model import ClickModel, ClickModelConfig, guidance_maps, salient_start
 from llb.interactive.click_segmenter import ClickModelSegmenter
@@ -179,6 +180,17 @@ def test_checkpoint_round_trip_in_parts(tmp_path: Path) -> None:
         assert torch.equal(loaded.head.state_dict()[k], v.half().float() if v.is_floating_point() else v)
 
 
+def test_progressive_merge_keeps_only_the_change_under_the_click() -> None:
+    prev = square((60, 80), 10, 10, 20)
+    new = square((60, 80), 10, 10, 20) | square((60, 80), 40, 50, 10)  # grows a part under the click ...
+    new[10:15, 10:30] = False  # ... and loses a strip far from it
+    merged = progressive_merge(prev, new, Click(55, 45, True))
+    assert np.array_equal(merged, prev | square((60, 80), 40, 50, 10))
+    negative = progressive_merge(prev, prev & ~square((60, 80), 10, 10, 5), Click(12, 12, False))
+    assert np.array_equal(negative, prev & ~square((60, 80), 10, 10, 5))
+    assert np.array_equal(progressive_merge(prev, new, Click(70, 5, False)), prev)  # its pixel did not change
+
+
 def test_segmenter_replays_clicks_and_keeps_prefixes() -> None:
     torch.manual_seed(0)
     model = ClickModel(ClickModelConfig(side=64), pretrained=False)
@@ -240,7 +252,7 @@ def test_trainer_steps_resumes_and_exports(tmp_path: Path) -> None:
     labels = np.zeros((64, 96), np.uint8)
     labels[10:40, 20:60] = 1
     labels[45:60, 60:90] = 2
-    cfg = ClickTrainConfig(steps=2, batch=2, out=str(tmp_path / "run"), val_every=0, save_every=1)
+    cfg = ClickTrainConfig(steps=2, batch=2, out=str(tmp_path / "run"), val_every=0, save_every=1, error_weight=1.0)
     cfg.model = ClickModelConfig(side=96)
     model = ClickModel(cfg.model, pretrained=False)
     feats = model.features(torch.from_numpy(rgb).permute(2, 0, 1)[None].float())

