@@ -10,6 +10,7 @@ import cv2
 from tqdm import tqdm
 
 from .bench import add_bench_arguments, run_bench
+from .bench.clicks import add_bench_clicks_arguments, run_bench_clicks
 from .checkpoint import CheckpointError
 from .evaluation.clicks import add_eval_clicks_arguments, run_eval_clicks
 from .evaluation.davis import add_eval_arguments, run_eval
@@ -66,6 +67,7 @@ COMMANDS: tuple[Command, ...] = (
         run_train_clicks,
     ),
     ("bench", "speed and memory per stage, LLB beside the JOINT baseline", add_bench_arguments, run_bench),
+    ("bench-clicks", "ms per click and per frame of the click backends", add_bench_clicks_arguments, run_bench_clicks),
     (
         "import-official",
         "convert an official VOS-LLB or JOINT .pth.tar to .safetensors",

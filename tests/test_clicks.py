@@ -318,6 +318,18 @@ def test_eval_clicks_on_davis_first_frames(tmp_path: Path) -> None:
     assert report["methods"]["grabcut"]["overall"]["frames"] == 4
 
 
+def test_bench_clicks_times_every_click_on_480p_first_frames(tmp_path: Path) -> None:
+    root = require_shared("data", "davis2017-dev")
+    out = tmp_path / "clicks.json"
+    args = ["bench-clicks", "--davis-root", str(root), "--methods", "grabcut", "--max-clicks", "2", "--threads", "1"]
+    assert main([*args, "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    grabcut = report["grabcut"]
+    assert grabcut["frames"] == 4 and 4 <= grabcut["clicks"] <= 8
+    assert 0 < grabcut["ms_per_click_median"] <= grabcut["ms_per_click_p90"] <= grabcut["ms_per_click_max"]
+    assert report["meta"]["frame_size"] == "854x480" and report["meta"]["threads"] == 1
+
+
 def test_default_segmenter_is_the_best_measured_and_the_model_is_selectable(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
