@@ -9,8 +9,9 @@ the list the app already sent runs one pass. The start mask is the prior (a mask
 Zoom-in (RITM's ZoomIn, Sofiiuk et al. 2022): from the second click on, when the object (the previous mask
 and the clicks, enlarged by `ZOOM_EXPAND`) covers less than `ZOOM_MAX_AREA` of the frame, the model runs on that
 crop, resized to the working size: small objects and fine boundaries get more pixels. The crop's features are
-computed for it (the backbone is light; a crop that does not move reuses them) and its saliency is cut from the
-frame's map; outside the crop the previous mask stays. Logits are resized to the frame's size, and a small disc
+computed for it and its saliency is cut from the frame's map; outside the crop the previous mask stays. A crop
+already computed that holds the next one and is at most `REUSE_AREA` times its area serves it instead, so most
+corrective clicks run the head alone. Logits are resized to the frame's size, and a small disc
 under each click is set to that click's side (`pin_clicks`).
 
 Progressive merge (FocalClick, Chen et al. 2022; `progressive_merge`): a corrective click (every click after the
@@ -42,6 +43,7 @@ VIEWS = 4  # crops whose features are kept per frame
 ZOOM_EXPAND = 1.4  # the crop is the object's box enlarged this much
 ZOOM_MIN_SIDE = 0.2  # ... and at least this fraction of the frame's longer side
 ZOOM_MAX_AREA = 0.7  # no zoom when the crop would cover more of the frame than this
+REUSE_AREA = 2.0  # a computed crop that holds the next one and is at most this much larger serves it
 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in frame pixels
 
@@ -147,11 +149,21 @@ class ClickModelSegmenter:
         x0, y0 = max(0, round(cx - bw / 2)), max(0, round(cy - bh / 2))
         return x0, y0, min(w, round(cx + bw / 2)), min(h, round(cy + bh / 2))
 
+    def _reuse(self, box: Box) -> Box:
+        """The box of a computed view that holds `box` and is at most `REUSE_AREA` times its area, else `box`."""
+        x0, y0, x1, y1 = box
+        area = (x1 - x0) * (y1 - y0)
+        for kept in self._views:
+            kx0, ky0, kx1, ky1 = kept
+            if kx0 <= x0 and ky0 <= y0 and kx1 >= x1 and ky1 >= y1 and (kx1 - kx0) * (ky1 - ky0) <= REUSE_AREA * area:
+                return kept
+        return box
+
     @torch.no_grad()
     def _step(self, mask: np.ndarray, clicks: Sequence[Click], corrective: bool) -> np.ndarray:
         """One pass: the mask (H, W) bool after the last of `clicks`, given the mask before it; a `corrective`
         click's change is merged progressively."""
-        box = self._box(mask, clicks)
+        box = self._reuse(self._box(mask, clicks))
         view = self._view(box)
         x0, y0, x1, y1 = box
         h, w = view.rgb.shape[-2:]

@@ -7,7 +7,9 @@ each predict with the previous mask, merge the change progressively as inference
 (`llb.interactive.base.progressive_merge`) and add the protocol's next click (`llb.evaluation.clicks.next_click`),
 exactly as the benchmark clicks; the loss (BCE + soft IoU over non-void pixels) is taken on the last
 prediction, with the pixels the previous mask got wrong weighted 1 + `error_weight` times in the BCE: what a
-corrective click must fix weighs more than what the previous mask already had right. The backbone is frozen,
+corrective click must fix weighs more than what the previous mask already had right. A share
+(`saliency_dropout`) of the samples sees neither the saliency map nor the salient start mask, since u2netp misses
+some objects (a ball on a lawn) and the head must then find them from the image and the clicks. The backbone is frozen,
 so its features come from a cache built once (`click_data.build_cache`).
 
 A run folder holds `config.json`, `log.csv`, `val.csv`, `last/` (head, optimiser state and step as
@@ -84,6 +86,7 @@ class ClickTrainConfig:
     extra_clicks: float = 0.3  # chance of one or two extra random first clicks
     soft_iou_weight: float = 1.0
     error_weight: float = 0.0  # extra BCE weight of the pixels the previous mask got wrong
+    saliency_dropout: float = 0.0  # chance that a sample sees no saliency (zero map, empty start mask)
     init: str | None = None  # start the head from this click checkpoint (parameters it lacks keep their init)
     seed: int = 0
     threads: int = 1
@@ -140,6 +143,8 @@ def sample_loss(
     clicks = first_clicks(gt, rng, cfg.extra_clicks)
     points = [(float(c.x), float(c.y), c.positive) for c in clicks]
     start = salient_start(item.saliency / 255, points) if cfg.model.salient_start else np.zeros(gt.shape, bool)
+    if rng.random() < cfg.saliency_dropout:  # u2netp misses some objects: the head must find them without it
+        sal, start = torch.zeros_like(sal), np.zeros(gt.shape, bool)
     prev = torch.from_numpy(start).float()
     with torch.no_grad():
         for round_ in range(int(rng.integers(0, cfg.max_iters + 1))):
