@@ -3,15 +3,16 @@
 The app uses this to let a person define an object with a few clicks before LLB tracks it. Backends share
 one small interface (`ClickSegmenter`); `default_segmenter()` picks one:
 a SAM/MobileSAM predictor when `$LLB_SAM_CHECKPOINT` names a checkpoint and its package is installed;
-otherwise `$LLB_CLICK_BACKEND`: `local-zone` (the default, the best measured by `llb eval-clicks` here: u2netp's
-salient region under the first click, corrected by GrabCut in local zones around later clicks), `model` (the
-trained click model `lite-clicks`, a light head over EfficientNet-Lite2 features and u2netp's saliency: ahead
-after one click, behind from the third, see checkpoints/lite-clicks.md) or `grabcut` (click-seeded GrabCut).
-Plain GrabCut also serves when u2netp is missing.
+otherwise `$LLB_CLICK_BACKEND`: `model` (the default: the trained click model `lite-clicks`, a light head over
+EfficientNet-Lite2 features and u2netp's saliency, see checkpoints/lite-clicks.md), `local-zone` (the hand-made
+method: u2netp's salient region under the first click, corrected by GrabCut in local zones around later clicks)
+or `grabcut` (click-seeded GrabCut). Unset, a missing click checkpoint or u2netp falls back to `local-zone`, and
+without u2netp to plain GrabCut; set explicitly to `model`, a missing file is an error that says what to install.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 
 from .base import Click, ClickSegmenter
@@ -43,21 +44,30 @@ def __getattr__(name: str) -> object:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-CLICK_BACKENDS = ("local-zone", "model", "grabcut")
+CLICK_BACKENDS = ("model", "local-zone", "grabcut")
+log = logging.getLogger(__name__)
 
 
 def default_segmenter() -> ClickSegmenter:
-    """SAM when configured, else the backend named by `$LLB_CLICK_BACKEND` (default `local-zone`)."""
+    """SAM when configured, else the backend named by `$LLB_CLICK_BACKEND`; unset, the trained click model, or
+    the hand-made fallback when its weights (or u2netp) cannot be found."""
     checkpoint = os.environ.get("LLB_SAM_CHECKPOINT")
     if checkpoint:
         return SamSegmenter(checkpoint, os.environ.get("LLB_SAM_MODEL", "vit_t"))
-    backend = os.environ.get("LLB_CLICK_BACKEND", "local-zone")
-    if backend not in CLICK_BACKENDS:
+    backend = os.environ.get("LLB_CLICK_BACKEND")
+    if backend is not None and backend not in CLICK_BACKENDS:
         raise ValueError(f"LLB_CLICK_BACKEND={backend!r}: choose one of {', '.join(CLICK_BACKENDS)}")
-    if backend == "model":
+    if backend in (None, "model"):
+        from llb.checkpoint import CheckpointError
+
         from .click_segmenter import ClickModelSegmenter
 
-        return ClickModelSegmenter.load()  # CheckpointError or FileNotFoundError say what is missing
+        try:
+            return ClickModelSegmenter.load()
+        except (CheckpointError, FileNotFoundError) as err:
+            if backend == "model":
+                raise  # asked for explicitly: the message says what is missing
+            log.warning("click model unavailable (%s); clicks use the hand-made fallback", err)
     model = find_u2netp()
     if backend == "grabcut" or model is None:
         return GrabCutSegmenter(None)
