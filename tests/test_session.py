@@ -1,13 +1,10 @@
 """The session API: streaming, several objects, objects that start later, corrections, flat memory."""
 
-import contextlib
-import ctypes
-import gc
-
 import numpy as np
 import pytest
 import torch
 
+from llb.bench.measure import release_memory, rss_mb
 from llb.config import get_config
 from llb.inference.crop import CropConfig
 from llb.inference.memory import MemoryConfig
@@ -92,15 +89,10 @@ def test_bad_masks_are_refused_with_a_reason(segmenter):
 
 
 def _rss_mb() -> tuple[float, float]:
-    """Current and peak resident memory of this process (MB), from /proc. Freed objects are collected and glibc
-    hands its free heap pages back first, so that the current figure is live memory, not allocator slack left
-    by earlier tests of the same process."""
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    with open("/proc/self/status") as f:
-        fields = dict(line.split(":", 1) for line in f)
-    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+    """Current and peak resident memory (MB) after freed memory goes back to the system, so that the current
+    figure is live memory, not allocator slack left by earlier tests of the same process."""
+    release_memory()
+    return rss_mb()
 
 
 @pytest.mark.slow

@@ -31,12 +31,13 @@ def guided_filter(image: np.ndarray, prob: np.ndarray, radius: int, eps: float =
     """Colour guided filter: image (H, W, 3) uint8 RGB guide, prob (H, W) float -> (H, W) float32; the fit runs
     `subsample` times smaller (the fast guided filter) with the window radius scaled to match."""
     full = image.astype(np.float32) / 255
-    h, w = prob.shape
+    guide, p = full, prob.astype(np.float32)
+    h, w = p.shape
     s = max(1, min(subsample, radius))
-    small = (max(1, round(w / s)), max(1, round(h / s)))
-    guide = full if s == 1 else cv2.resize(full, small, interpolation=cv2.INTER_AREA)
-    p = prob.astype(np.float32) if s == 1 else cv2.resize(prob.astype(np.float32), small, interpolation=cv2.INTER_AREA)
-    radius = max(1, round(radius / s))
+    if s > 1:
+        small = (max(1, round(w / s)), max(1, round(h / s)))
+        guide, p = (cv2.resize(x, small, interpolation=cv2.INTER_AREA) for x in (guide, p))
+        radius = max(1, round(radius / s))
     mean_i, mean_p = _mean(guide, radius), _mean(p, radius)
     cov = _mean(guide * p[..., None], radius) - mean_i * mean_p[..., None]  # (H, W, 3)
     var = np.empty((*p.shape, 3, 3), np.float32)
