@@ -427,5 +427,6 @@ def run_train_clicks(args: argparse.Namespace) -> int:
     if args.resume:
         trainer.load_state(Path(args.resume))
     stats = trainer.fit(quiet=args.quiet)
-    print(f"step {trainer.step}: loss {stats.get('loss', float('nan')):.3f}; exported {trainer.out / KEY}.safetensors")
+    loss = f"loss {stats['loss']:.3f}" if stats else "no step left to run"
+    print(f"step {trainer.step}: {loss}; exported {trainer.out / KEY}.safetensors")
     return 0
