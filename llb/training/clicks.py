@@ -373,7 +373,7 @@ wheel, Apache-2.0): image + positive / negative clicks + previous mask -> one ma
   training sequences at 240p, first frames left out (CC BY-NC 4.0). No DAVIS 2017 validation data.
 - Clicks simulated as the benchmark places them (RITM protocol), 0-{cfg["max_iters"]} corrective rounds per
   sample, each merged progressively as at inference; loss BCE + soft IoU on the last prediction, the pixels
-  the previous mask got wrong weighted {1 + cfg["error_weight"]:g}x in the BCE; {cfg.get("saliency_dropout", 0):.0%}
+  the previous mask got wrong weighted {1 + cfg["error_weight"]:g}x in the BCE; {cfg["saliency_dropout"]:.0%}
   of the samples without the saliency map and the salient start mask (u2netp misses some objects).
 - {info["steps"]} steps of {info["batch"]} samples, AdamW lr {cfg["lr"]:g} (warm-up, cosine decay),
   {hours:.2f} h on {info["threads"]} CPU thread(s) ({platform.processor() or platform.machine()}, shared machine).
