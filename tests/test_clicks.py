@@ -29,10 +29,10 @@ from llb.interactive import Click, LocalZoneSegmenter
 from llb.interactive.base import progressive_merge
 from llb.interactive.click_checkpoint import load_click_model, read_click_checkpoint, save_click_checkpoint
 from llb.interactive.click_model import ClickModel, ClickModelConfig, guidance_maps, salient_start
-from llb.interactive.click_segmenter import ClickModelSegmenter
+from llb.interactive.click_segmenter import ClickModelSegmenter, crop_mask, zoom_box
 from llb.interactive.guided_filter import guided_filter, refine_mask
 from llb.training.click_data import CachedImage, save_cached
-from llb.training.clicks import ClickTrainConfig, ClickTrainer, first_clicks
+from llb.training.clicks import ClickTrainConfig, ClickTrainer, first_clicks, to_view
 
 
 def square(shape: tuple[int, int], y0: int, x0: int, side: int) -> np.ndarray:
@@ -313,6 +313,47 @@ def test_saliency_dropout_hides_the_saliency_map_and_the_salient_start(
         assert not prev.any() and not sal.any()  # neither the map nor the salient region under the click
     else:
         assert prev.sum() == (labels == 1).sum() and sal.max() == 1  # the salient start is the object here
+
+
+def test_zoom_box_and_click_mapping_follow_the_object() -> None:
+    mask = square((240, 400), 100, 200, 40)
+    clicks = [Click(220, 120, True), Click(205, 105, False)]
+    assert zoom_box(mask, clicks[:1]) == (0, 0, 400, 240)  # the first click sees the whole frame
+    x0, y0, x1, y1 = box = zoom_box(mask, clicks)
+    assert (x0, y0) == (180, 80) and (x1 - x0, y1 - y0) == (80, 80)  # 40 px enlarged 1.4x, at least 0.2 x 400
+    assert zoom_box(square((240, 400), 0, 0, 230), clicks) == (0, 0, 400, 240)  # too large: no zoom
+    (c,) = to_view([Click(x0 + 40, y0 + 20, True)], box, (160, 160))
+    assert (c.x, c.y) == (80, 40)  # 2x: the crop's pixel (40, 20) is the view's (80.5, 40.5) rounded down
+    assert crop_mask(mask, box, (160, 160)).sum() == 80 * 80
+
+
+def test_zoomed_sample_trains_the_head_on_the_crop(monkeypatch: pytest.MonkeyPatch) -> None:
+    import llb.training.clicks as training
+
+    rgb = np.full((96, 128, 3), 128, np.uint8)
+    labels = np.zeros((96, 128), np.uint8)
+    labels[40:56, 50:70] = 1
+    rgb[labels == 1] = 230
+    saliency = np.zeros((96, 128), np.uint8)
+    saliency[36:60, 46:74] = 255  # a salient start larger than the object: the second click is negative
+    cfg = ClickTrainConfig(max_iters=0, extra_clicks=0.0, zoom_share=1.0)
+    cfg.model = ClickModelConfig(side=128)
+    model = ClickModel(cfg.model, pretrained=False)
+    feats = model.features(torch.from_numpy(rgb).permute(2, 0, 1)[None].float())
+    item = CachedImage(rgb, saliency, labels, {k: v[0].half().numpy() for k, v in feats.items()})
+    shapes: list[tuple[int, ...]] = []
+
+    def spy(clicks: list, prev_mask: torch.Tensor, sal: torch.Tensor, model_cfg: ClickModelConfig) -> torch.Tensor:
+        shapes.append(tuple(prev_mask.shape))
+        return guidance_maps(clicks, prev_mask, sal, model_cfg)
+
+    monkeypatch.setattr(training, "guidance_maps", spy)
+    out = training.sample_loss(model, item, np.random.default_rng(0), cfg)
+    assert out is not None and torch.isfinite(out[0])
+    out[0].backward()
+    assert shapes[0] == (96, 128)  # the first click sees the whole image
+    assert shapes[-1] != (96, 128) and max(shapes[-1]) == 128  # the loss is on a crop at the working size
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.head.parameters())
 
 
 # ---- the command ----------------------------------------------------------------------------------------

@@ -48,6 +48,34 @@ REUSE_AREA = 2.0  # a computed crop that holds the next one and is at most this 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in frame pixels
 
 
+def zoom_box(mask: np.ndarray, clicks: Sequence[Click]) -> Box:
+    """The crop for the pass after the last of `clicks` (from the second click on): the object's box (mask
+    (H, W) and clicks) enlarged by `ZOOM_EXPAND`, at least `ZOOM_MIN_SIDE` of the longer side; the whole frame
+    when that box would cover more than `ZOOM_MAX_AREA` of it or the mask is empty."""
+    h, w = mask.shape
+    whole = (0, 0, w, h)
+    ys, xs = np.nonzero(mask)
+    if len(clicks) < 2 or not len(ys):
+        return whole
+    xs = np.concatenate([xs, [c.x for c in clicks]])
+    ys = np.concatenate([ys, [c.y for c in clicks]])
+    cx, cy = (xs.min() + xs.max() + 1) / 2, (ys.min() + ys.max() + 1) / 2
+    least = ZOOM_MIN_SIDE * max(h, w)
+    bw = max(least, ZOOM_EXPAND * (xs.max() + 1 - xs.min()))
+    bh = max(least, ZOOM_EXPAND * (ys.max() + 1 - ys.min()))
+    if bw * bh > ZOOM_MAX_AREA * w * h:
+        return whole
+    x0, y0 = max(0, round(cx - bw / 2)), max(0, round(cy - bh / 2))
+    return x0, y0, min(w, round(cx + bw / 2)), min(h, round(cy + bh / 2))
+
+
+def crop_mask(mask: np.ndarray, box: Box, size: tuple[int, int]) -> np.ndarray:
+    """The part `box` of a (H, W) mask resized to `size` (h, w) by nearest neighbour, bool."""
+    x0, y0, x1, y1 = box
+    part = mask[y0:y1, x0:x1].astype(np.uint8)
+    return cv2.resize(part, size[::-1], interpolation=cv2.INTER_NEAREST) > 0
+
+
 @dataclass
 class View:
     """The model's input for one crop of the frame at the working size: RGB (1, 3, h, w) 0..255, the
@@ -131,24 +159,6 @@ class ClickModelSegmenter:
         self._views[box] = view
         return view
 
-    def _box(self, mask: np.ndarray, clicks: Sequence[Click]) -> Box:
-        """The crop for the next pass: the object's box (mask and clicks) enlarged, or the whole frame."""
-        h, w = mask.shape
-        whole = (0, 0, w, h)
-        ys, xs = np.nonzero(mask)
-        if not self.zoom or len(clicks) < 2 or not len(ys):
-            return whole
-        xs = np.concatenate([xs, [c.x for c in clicks]])
-        ys = np.concatenate([ys, [c.y for c in clicks]])
-        cx, cy = (xs.min() + xs.max() + 1) / 2, (ys.min() + ys.max() + 1) / 2
-        least = ZOOM_MIN_SIDE * max(h, w)
-        bw = max(least, ZOOM_EXPAND * (xs.max() + 1 - xs.min()))
-        bh = max(least, ZOOM_EXPAND * (ys.max() + 1 - ys.min()))
-        if bw * bh > ZOOM_MAX_AREA * w * h:
-            return whole
-        x0, y0 = max(0, round(cx - bw / 2)), max(0, round(cy - bh / 2))
-        return x0, y0, min(w, round(cx + bw / 2)), min(h, round(cy + bh / 2))
-
     def _reuse(self, box: Box) -> Box:
         """The box of a computed view that holds `box` and is at most `REUSE_AREA` times its area, else `box`."""
         x0, y0, x1, y1 = box
@@ -163,13 +173,13 @@ class ClickModelSegmenter:
     def _step(self, mask: np.ndarray, clicks: Sequence[Click], corrective: bool) -> np.ndarray:
         """One pass: the mask (H, W) bool after the last of `clicks`, given the mask before it; a `corrective`
         click's change is merged progressively."""
-        box = self._reuse(self._box(mask, clicks))
+        box = self._reuse(zoom_box(mask, clicks) if self.zoom else (0, 0, *mask.shape[::-1]))
         view = self._view(box)
         x0, y0, x1, y1 = box
         h, w = view.rgb.shape[-2:]
         sx, sy = w / (x1 - x0), h / (y1 - y0)
         points = [((c.x - x0 + 0.5) * sx - 0.5, (c.y - y0 + 0.5) * sy - 0.5, c.positive) for c in clicks]
-        prev = cv2.resize(mask[y0:y1, x0:x1].astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
+        prev = crop_mask(mask, box, (h, w))
         guide = guidance_maps(points, torch.from_numpy(prev), view.saliency, self.model.cfg)[None]
         logits = self.model(view.feats, guide, view.rgb)[0, 0].numpy()
         logits = cv2.resize(logits, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)

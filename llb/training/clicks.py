@@ -9,8 +9,10 @@ exactly as the benchmark clicks; the loss (BCE + soft IoU over non-void pixels) 
 prediction, with the pixels the previous mask got wrong weighted 1 + `error_weight` times in the BCE: what a
 corrective click must fix weighs more than what the previous mask already had right. A share
 (`saliency_dropout`) of the samples sees neither the saliency map nor the salient start mask, since u2netp misses
-some objects (a ball on a lawn) and the head must then find them from the image and the clicks. The backbone is frozen,
-so its features come from a cache built once (`click_data.build_cache`).
+some objects (a ball on a lawn) and the head must then find them from the image and the clicks. Another share
+(`zoom_share`) trains the zoom-in the segmenter applies from the second click on: after the first click's pass,
+the rounds and the loss run on the crop `zoom_box` picks, resized to the working size with its own features.
+The backbone is frozen, so the whole images' features come from a cache built once (`click_data.build_cache`).
 
 A run folder holds `config.json`, `log.csv`, `val.csv`, `last/` (head, optimiser state and step as
 safetensors + JSON; each step's data comes from a generator seeded by (seed, step), so a resumed run sees the
@@ -40,8 +42,8 @@ from tqdm import tqdm
 from llb.evaluation.clicks import davis_first_frames, inner_distance, iou, next_click, run_protocol, summarize
 from llb.interactive.base import Click, progressive_merge
 from llb.interactive.click_checkpoint import KEY, read_click_checkpoint, save_click_checkpoint
-from llb.interactive.click_model import ClickModel, ClickModelConfig, guidance_maps, salient_start
-from llb.interactive.click_segmenter import ClickModelSegmenter
+from llb.interactive.click_model import ClickModel, ClickModelConfig, guidance_maps, salient_start, working_size
+from llb.interactive.click_segmenter import Box, ClickModelSegmenter, crop_mask, zoom_box
 from llb.interactive.saliency import U2NetSaliency, find_u2netp
 
 from .click_data import CachedImage, Source, build_cache, cache_name, load_cached, training_sources
@@ -87,6 +89,7 @@ class ClickTrainConfig:
     soft_iou_weight: float = 1.0
     error_weight: float = 0.0  # extra BCE weight of the pixels the previous mask got wrong
     saliency_dropout: float = 0.0  # chance that a sample sees no saliency (zero map, empty start mask)
+    zoom_share: float = 0.0  # chance that a sample's corrective rounds run on the zoomed crop, as inference
     init: str | None = None  # start the head from this click checkpoint (parameters it lacks keep their init)
     seed: int = 0
     threads: int = 1
@@ -128,46 +131,100 @@ def first_clicks(gt: np.ndarray, rng: np.random.Generator, extra: float) -> list
     return clicks
 
 
+@dataclass
+class SampleView:
+    """What the head sees of one sample: features, RGB (1, 3, h, w) 0..255, saliency (h, w), and the object's
+    gt and valid masks (h, w) bool, at the working size of the whole image or of a zoomed crop."""
+
+    feats: dict[str, torch.Tensor]
+    rgb: torch.Tensor
+    saliency: torch.Tensor
+    gt: np.ndarray
+    valid: np.ndarray
+
+
+def zoom_view(model: ClickModel, item: CachedImage, view: SampleView, box: Box) -> SampleView:
+    """The crop `box` of the whole image's `view` resized to the working size, with its own features: what the
+    segmenter's zoom-in (`zoom_box`) gives the head from the second click on."""
+    x0, y0, x1, y1 = box
+    h, w = working_size(y1 - y0, x1 - x0, model.cfg.side)
+    shrink = cv2.INTER_AREA if w < x1 - x0 else cv2.INTER_LINEAR
+    rgb = cv2.resize(item.rgb[y0:y1, x0:x1], (w, h), interpolation=shrink)
+    sal = cv2.resize(view.saliency[y0:y1, x0:x1].numpy(), (w, h), interpolation=cv2.INTER_LINEAR)
+
+    x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float()
+    gt, valid = crop_mask(view.gt, box, (h, w)), crop_mask(view.valid, box, (h, w))
+    return SampleView(model.features(x), x, torch.from_numpy(sal), gt, valid)
+
+
+def to_view(clicks: list[Click], box: Box, size: tuple[int, int]) -> list[Click]:
+    """Clicks in whole-image pixels -> pixels of the crop `box` resized to `size` (h, w)."""
+    x0, y0, x1, y1 = box
+    h, w = size
+    sx, sy = w / (x1 - x0), h / (y1 - y0)
+    return [
+        Click(
+            min(w - 1, max(0, round((c.x - x0 + 0.5) * sx - 0.5))),
+            min(h - 1, max(0, round((c.y - y0 + 0.5) * sy - 0.5))),
+            c.positive,
+        )
+        for c in clicks
+    ]
+
+
 def sample_loss(
     model: ClickModel, item: CachedImage, rng: np.random.Generator, cfg: ClickTrainConfig
 ) -> tuple[torch.Tensor, dict[str, float]] | None:
-    """Draw an object and clicks, run the corrective rounds, and return the loss of the last prediction."""
+    """Draw an object and clicks, run the corrective rounds, and return the loss of the last prediction.
+
+    With chance `zoom_share` the sample has at least one corrective round, and the rounds after the first
+    click run on the zoomed crop the segmenter would use (`zoom_box` of the first mask and the clicks)."""
     objects = item.objects(cfg.data.min_object)
     if not objects:
         return None
     gt = item.labels == objects[rng.integers(len(objects))]
-    valid = item.labels != 255
     feats = {k: torch.from_numpy(v)[None].float() for k, v in item.feats.items()}
     rgb = torch.from_numpy(item.rgb).permute(2, 0, 1)[None].float()
-    sal = torch.from_numpy(item.saliency).float() / 255
+    view = SampleView(feats, rgb, torch.from_numpy(item.saliency).float() / 255, gt, item.labels != 255)
     clicks = first_clicks(gt, rng, cfg.extra_clicks)
     points = [(float(c.x), float(c.y), c.positive) for c in clicks]
     start = salient_start(item.saliency / 255, points) if cfg.model.salient_start else np.zeros(gt.shape, bool)
     if rng.random() < cfg.saliency_dropout:  # u2netp misses some objects: the head must find them without it
-        sal, start = torch.zeros_like(sal), np.zeros(gt.shape, bool)
+        view.saliency, start = torch.zeros_like(view.saliency), np.zeros(gt.shape, bool)
     prev = torch.from_numpy(start).float()
+    rounds = int(rng.integers(0, cfg.max_iters + 1))
+    zoom = cfg.zoom_share > 0 and rng.random() < cfg.zoom_share  # no draw when off: earlier runs replay
     with torch.no_grad():
-        for round_ in range(int(rng.integers(0, cfg.max_iters + 1))):
-            logits = model(feats, guidance_maps(points, prev, sal, cfg.model)[None], rgb)[0, 0]
+        for round_ in range(max(rounds, 1) if zoom else rounds):
+            logits = model(view.feats, guidance_maps(points, prev, view.saliency, cfg.model)[None], view.rgb)[0, 0]
             mask = logits.numpy() > 0
             if round_ > 0:
                 mask = progressive_merge(prev.numpy() > 0, mask, clicks[-1])
-            prev = torch.from_numpy(mask).float()
-            click = next_click(mask, gt, valid, clicks)
+            click = next_click(mask, view.gt, view.valid, clicks)
             if click is None:
+                prev = torch.from_numpy(mask).float()
                 break
             clicks.append(click)
-            points.append((float(click.x), float(click.y), click.positive))
-    logits = model(feats, guidance_maps(points, prev, sal, cfg.model)[None], rgb)[0, 0]
-    target = torch.from_numpy(gt).float()
-    weight = torch.from_numpy(valid).float()
+            if zoom and round_ == 0 and (box := zoom_box(mask, clicks)) != (0, 0, *mask.shape[::-1]):
+                view = zoom_view(model, item, view, box)
+                clicks = to_view(clicks, box, view.gt.shape)
+                mask = crop_mask(mask, box, view.gt.shape)
+            prev = torch.from_numpy(mask).float()
+            points = [(float(c.x), float(c.y), c.positive) for c in clicks]
+    logits = model(view.feats, guidance_maps(points, prev, view.saliency, cfg.model)[None], view.rgb)[0, 0]
+    target = torch.from_numpy(view.gt).float()
+    weight = torch.from_numpy(view.valid).float()
     wrong = (prev != target).float()
     bce = F.binary_cross_entropy_with_logits(logits, target, weight=weight * (1 + cfg.error_weight * wrong))
     p = torch.sigmoid(logits) * weight
     soft_iou = 1 - (p * target).sum() / (p + target * weight - p * target).sum().clamp(min=1.0)
     loss = bce + cfg.soft_iou_weight * soft_iou
     pred = logits.detach().numpy() > 0
-    return loss, {"bce": float(bce.detach()), "soft_iou": float(soft_iou.detach()), "iou": iou(pred, gt, valid)}
+    return loss, {
+        "bce": float(bce.detach()),
+        "soft_iou": float(soft_iou.detach()),
+        "iou": iou(pred, view.gt, view.valid),
+    }
 
 
 def configured_sources(cfg: ClickTrainConfig) -> list[Source]:
@@ -374,7 +431,9 @@ wheel, Apache-2.0): image + positive / negative clicks + previous mask -> one ma
 - Clicks simulated as the benchmark places them (RITM protocol), 0-{cfg["max_iters"]} corrective rounds per
   sample, each merged progressively as at inference; loss BCE + soft IoU on the last prediction, the pixels
   the previous mask got wrong weighted {1 + cfg["error_weight"]:g}x in the BCE; {cfg["saliency_dropout"]:.0%}
-  of the samples without the saliency map and the salient start mask (u2netp misses some objects).
+  of the samples without the saliency map and the salient start mask (u2netp misses some objects); in
+  {cfg["zoom_share"]:.0%} of the samples the corrective rounds run on the zoomed crop the segmenter uses from the
+  second click on.
 - {info["steps"]} steps of {info["batch"]} samples, AdamW lr {cfg["lr"]:g} (warm-up, cosine decay),
   {hours:.2f} h on {info["threads"]} CPU thread(s) ({platform.processor() or platform.machine()}, shared machine).
 
