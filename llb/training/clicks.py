@@ -89,7 +89,7 @@ class ClickTrainConfig:
     soft_iou_weight: float = 1.0
     error_weight: float = 0.0  # extra BCE weight of the pixels the previous mask got wrong
     saliency_dropout: float = 0.0  # chance that a sample sees no saliency (zero map, empty start mask)
-    zoom_share: float = 0.0  # chance that a sample's corrective rounds run on the zoomed crop, as inference
+    zoom_share: float = 0.0  # chance that a sample's corrective rounds run on the zoomed crop (inference: 1)
     init: str | None = None  # start the head from this click checkpoint (parameters it lacks keep their init)
     seed: int = 0
     threads: int = 1
@@ -177,8 +177,8 @@ def sample_loss(
 ) -> tuple[torch.Tensor, dict[str, float]] | None:
     """Draw an object and clicks, run the corrective rounds, and return the loss of the last prediction.
 
-    With chance `zoom_share` the sample has at least one corrective round, and the rounds after the first
-    click run on the zoomed crop the segmenter would use (`zoom_box` of the first mask and the clicks)."""
+    With chance `zoom_share` a sample with corrective rounds runs them (and the loss) on the zoomed crop the
+    segmenter would use (`zoom_box` of the first click's mask and the clicks), as inference does."""
     objects = item.objects(cfg.data.min_object)
     if not objects:
         return None
@@ -193,9 +193,9 @@ def sample_loss(
         view.saliency, start = torch.zeros_like(view.saliency), np.zeros(gt.shape, bool)
     prev = torch.from_numpy(start).float()
     rounds = int(rng.integers(0, cfg.max_iters + 1))
-    zoom = cfg.zoom_share > 0 and rng.random() < cfg.zoom_share  # no draw when off: earlier runs replay
+    zoom = rounds > 0 and cfg.zoom_share > 0 and rng.random() < cfg.zoom_share  # no draw when off: runs replay
     with torch.no_grad():
-        for round_ in range(max(rounds, 1) if zoom else rounds):
+        for round_ in range(rounds):
             logits = model(view.feats, guidance_maps(points, prev, view.saliency, cfg.model)[None], view.rgb)[0, 0]
             mask = logits.numpy() > 0
             if round_ > 0:
