@@ -69,6 +69,23 @@ def zoom_box(mask: np.ndarray, clicks: Sequence[Click]) -> Box:
     return x0, y0, min(w, round(cx + bw / 2)), min(h, round(cy + bh / 2))
 
 
+def crop_image(image: np.ndarray, box: Box, side: int) -> np.ndarray:
+    """The part `box` of an (H, W, 3) uint8 image at the working size (`side` on its longer side): area-averaged
+    when it shrinks, bilinear when it grows (a zoomed crop)."""
+    x0, y0, x1, y1 = box
+    h, w = working_size(y1 - y0, x1 - x0, side)
+    shrink = w < x1 - x0
+    return cv2.resize(image[y0:y1, x0:x1], (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def crop_point(x: float, y: float, box: Box, size: tuple[int, int]) -> tuple[float, float]:
+    """A frame pixel (x, y) in the pixels of the crop `box` resized to `size` (h, w), pixel centres aligned."""
+    x0, y0, x1, y1 = box
+    h, w = size
+    sx, sy = w / (x1 - x0), h / (y1 - y0)
+    return (x - x0 + 0.5) * sx - 0.5, (y - y0 + 0.5) * sy - 0.5
+
+
 def crop_mask(mask: np.ndarray, box: Box, size: tuple[int, int]) -> np.ndarray:
     """The part `box` of a (H, W) mask resized to `size` (h, w) by nearest neighbour, bool."""
     x0, y0, x1, y1 = box
@@ -143,9 +160,8 @@ class ClickModelSegmenter:
             return self._views[box]
         assert self._image is not None
         x0, y0, x1, y1 = box
-        h, w = working_size(y1 - y0, x1 - x0, self.model.cfg.side)
-        crop = self._image[y0:y1, x0:x1]
-        small = cv2.resize(crop, (w, h), interpolation=cv2.INTER_AREA if w < x1 - x0 else cv2.INTER_LINEAR)
+        small = crop_image(self._image, box, self.model.cfg.side)
+        h, w = small.shape[:2]
         if self._saliency is None:
             sal = self.saliency(small) if self.saliency is not None else np.zeros((h, w), np.float32)
             full = self._image.shape[1::-1]
@@ -177,8 +193,7 @@ class ClickModelSegmenter:
         view = self._view(box)
         x0, y0, x1, y1 = box
         h, w = view.rgb.shape[-2:]
-        sx, sy = w / (x1 - x0), h / (y1 - y0)
-        points = [((c.x - x0 + 0.5) * sx - 0.5, (c.y - y0 + 0.5) * sy - 0.5, c.positive) for c in clicks]
+        points = [(*crop_point(c.x, c.y, box, (h, w)), c.positive) for c in clicks]
         prev = crop_mask(mask, box, (h, w))
         guide = guidance_maps(points, torch.from_numpy(prev), view.saliency, self.model.cfg)[None]
         logits = self.model(view.feats, guide, view.rgb)[0, 0].numpy()

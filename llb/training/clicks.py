@@ -42,8 +42,15 @@ from tqdm import tqdm
 from llb.evaluation.clicks import davis_first_frames, inner_distance, iou, next_click, run_protocol, summarize
 from llb.interactive.base import Click, progressive_merge
 from llb.interactive.click_checkpoint import KEY, read_click_checkpoint, save_click_checkpoint
-from llb.interactive.click_model import ClickModel, ClickModelConfig, guidance_maps, salient_start, working_size
-from llb.interactive.click_segmenter import Box, ClickModelSegmenter, crop_mask, zoom_box
+from llb.interactive.click_model import ClickModel, ClickModelConfig, guidance_maps, salient_start
+from llb.interactive.click_segmenter import (
+    Box,
+    ClickModelSegmenter,
+    crop_image,
+    crop_mask,
+    crop_point,
+    zoom_box,
+)
 from llb.interactive.saliency import U2NetSaliency, find_u2netp
 
 from .click_data import CachedImage, Source, build_cache, cache_name, load_cached, training_sources
@@ -146,30 +153,23 @@ class SampleView:
 def zoom_view(model: ClickModel, item: CachedImage, view: SampleView, box: Box) -> SampleView:
     """The crop `box` of the whole image's `view` resized to the working size, with its own features: what the
     segmenter's zoom-in (`zoom_box`) gives the head from the second click on."""
+    rgb = crop_image(item.rgb, box, model.cfg.side)
+    h, w = rgb.shape[:2]
     x0, y0, x1, y1 = box
-    h, w = working_size(y1 - y0, x1 - x0, model.cfg.side)
-    shrink = cv2.INTER_AREA if w < x1 - x0 else cv2.INTER_LINEAR
-    rgb = cv2.resize(item.rgb[y0:y1, x0:x1], (w, h), interpolation=shrink)
     sal = cv2.resize(view.saliency[y0:y1, x0:x1].numpy(), (w, h), interpolation=cv2.INTER_LINEAR)
-
     x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float()
     gt, valid = crop_mask(view.gt, box, (h, w)), crop_mask(view.valid, box, (h, w))
     return SampleView(model.features(x), x, torch.from_numpy(sal), gt, valid)
 
 
 def to_view(clicks: list[Click], box: Box, size: tuple[int, int]) -> list[Click]:
-    """Clicks in whole-image pixels -> pixels of the crop `box` resized to `size` (h, w)."""
-    x0, y0, x1, y1 = box
+    """Clicks in whole-image pixels -> the nearest pixels of the crop `box` resized to `size` (h, w)."""
     h, w = size
-    sx, sy = w / (x1 - x0), h / (y1 - y0)
-    return [
-        Click(
-            min(w - 1, max(0, round((c.x - x0 + 0.5) * sx - 0.5))),
-            min(h - 1, max(0, round((c.y - y0 + 0.5) * sy - 0.5))),
-            c.positive,
-        )
-        for c in clicks
-    ]
+    out = []
+    for c in clicks:
+        x, y = crop_point(c.x, c.y, box, size)
+        out.append(Click(min(w - 1, max(0, round(x))), min(h - 1, max(0, round(y))), c.positive))
+    return out
 
 
 def sample_loss(
