@@ -33,6 +33,11 @@ class ClickSegmenter(Protocol):
         """(H, W) bool mask; empty when there is no positive click and no prior."""
         ...
 
+    def fork(self) -> ClickSegmenter:
+        """A segmenter for one session: the same weights, its own per-frame state (features, click history),
+        so that sessions clicking at the same moment get exactly what each would get alone."""
+        ...
+
 
 def click_radius(shape: tuple[int, ...]) -> int:
     """Radius of the disc a click pins as certain object or background: about 1.2% of the shorter side."""

@@ -128,6 +128,10 @@ class ClickModelSegmenter:
         self._views: dict[Box, View] = {}
         self._history = ClickHistory(HISTORY)
 
+    def fork(self) -> ClickModelSegmenter:
+        """The same model and saliency (shared, read only) with this session's own frame state."""
+        return ClickModelSegmenter(self.model, self.saliency, self.zoom, self.merge, self.refine)
+
     @classmethod
     def load(cls, checkpoint: str | Path | None = None, **options: bool) -> ClickModelSegmenter:
         """From `checkpoint`, else the shipped `lite-clicks` (CheckpointError when it cannot be found); the

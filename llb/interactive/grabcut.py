@@ -33,6 +33,10 @@ class GrabCutSegmenter:
         self.saliency = saliency
         self.name = "u2netp + GrabCut" if saliency else "GrabCut"
 
+    def fork(self) -> GrabCutSegmenter:
+        """Itself: it keeps no per-frame state, so sessions can share it."""
+        return self
+
     def segment(self, image: np.ndarray, clicks: Sequence[Click], prior: np.ndarray | None = None) -> np.ndarray:
         h, w = image.shape[:2]
         prior = prior.astype(bool) if prior is not None and prior.any() else None

@@ -42,6 +42,10 @@ class LocalZoneSegmenter:
         self._frame: dict[str, np.ndarray] = {}
         self._history = ClickHistory(HISTORY)
 
+    def fork(self) -> LocalZoneSegmenter:
+        """The same saliency model with this session's own frame state."""
+        return LocalZoneSegmenter(self.saliency)
+
     def prepare(self, image: np.ndarray) -> None:
         """Saliency components and the colour-gradient cost of a frame (H, W, 3) RGB; kept for its clicks."""
         key = hashlib.blake2b(image.tobytes(), digest_size=16).hexdigest() + str(image.shape)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import threading
 from pathlib import Path
 
 import cv2
@@ -44,14 +45,20 @@ class U2NetSaliency:
         self.session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
         self._cache: dict[str, np.ndarray] = {}
+        self._lock = threading.Lock()  # sessions share one instance; the cache is changed under it
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         key = hashlib.blake2b(image.tobytes(), digest_size=16).hexdigest() + str(image.shape)
-        if key not in self._cache:
+        with self._lock:
+            cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        out = self._predict(image)
+        with self._lock:
             if len(self._cache) >= 8:
                 self._cache.pop(next(iter(self._cache)))
-            self._cache[key] = self._predict(image)
-        return self._cache[key]
+            self._cache[key] = out
+        return out
 
     def _predict(self, image: np.ndarray) -> np.ndarray:
         x = cv2.resize(image, (SIZE, SIZE), interpolation=cv2.INTER_AREA).astype(np.float32)

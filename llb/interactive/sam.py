@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,6 +38,11 @@ class SamSegmenter:
         self.predictor = predictor if predictor is not None else load_predictor(checkpoint, model_type)
         self.name = f"SAM ({model_type})"
         self._image_key: str | None = None
+        self._lock = threading.Lock()  # the predictor holds one image's embedding: one click at a time
+
+    def fork(self) -> SamSegmenter:
+        """Itself: the predictor is too large to copy, so sessions take turns on it (see `segment`)."""
+        return self
 
     def segment(self, image: np.ndarray, clicks: Sequence[Click], prior: np.ndarray | None = None) -> np.ndarray:
         has_prior = prior is not None and bool(prior.any())
@@ -45,17 +51,18 @@ class SamSegmenter:
         if not has_prior and not any(c.positive for c in clicks):
             return np.zeros(image.shape[:2], dtype=bool)
         key = hashlib.blake2b(image.tobytes(), digest_size=16).hexdigest()
-        if key != self._image_key:
-            self.predictor.set_image(image)
-            self._image_key = key
         box = None
         if has_prior:
             ys, xs = np.nonzero(prior)
             box = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=np.float32)
-        masks, scores, _ = self.predictor.predict(
-            point_coords=np.array([[c.x, c.y] for c in clicks], dtype=np.float32),
-            point_labels=np.array([int(c.positive) for c in clicks]),
-            box=box,
-            multimask_output=len(clicks) == 1 and box is None,
-        )
+        with self._lock:
+            if key != self._image_key:
+                self.predictor.set_image(image)
+                self._image_key = key
+            masks, scores, _ = self.predictor.predict(
+                point_coords=np.array([[c.x, c.y] for c in clicks], dtype=np.float32),
+                point_labels=np.array([int(c.positive) for c in clicks]),
+                box=box,
+                multimask_output=len(clicks) == 1 and box is None,
+            )
         return np.asarray(masks[int(np.argmax(scores))], dtype=bool)
