@@ -7,17 +7,29 @@ from __future__ import annotations
 import shutil
 import uuid
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import cv2
 import numpy as np
+from PIL import Image
 
-from llb.video.io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, VideoError, VideoWriter, iter_frames, probe, scaled_size
+from llb.video.io import (
+    IMAGE_SUFFIXES,
+    VIDEO_SUFFIXES,
+    VideoError,
+    VideoWriter,
+    iter_frames,
+    natural_key,
+    probe,
+    scaled_size,
+)
 
 from .settings import Settings
 
 UPLOAD_TYPES = (*VIDEO_SUFFIXES, ".zip")
+MAX_FRAME_PIXELS = 2 * 7680 * 4320  # a zipped frame larger than this (two 8K frames) is refused unread
 
 
 @dataclass(frozen=True)
@@ -48,8 +60,17 @@ def _duration(frames: int, fps: float) -> str:
     return f"{int(seconds // 60)}:{seconds % 60:04.1f}" if seconds >= 60 else f"{seconds:.1f} s"
 
 
-def _unzip_frames(archive: Path, dest: Path, settings: Settings) -> Path:
-    """Extract the image files of a zip into one flat folder (names only, so no path leaves `dest`)."""
+def _member_name(member: zipfile.ZipInfo) -> str:
+    return PurePosixPath(member.filename).name
+
+
+def _unzip_frames(archive: Path, dest: Path, settings: Settings) -> int:
+    """Extract the first `max_frames` image files of a zip (in frame order) into one flat folder (names only, so
+    no path leaves `dest`); the number of images in the archive.
+
+    A zip bomb stops before it writes: each member's declared size is checked against `max_frame_mb`, and the
+    copy is streamed and cut off at that size whatever the header says."""
+    cap = settings.max_frame_mb * 2**20
     try:
         with zipfile.ZipFile(archive) as zf:
             members = [
@@ -66,15 +87,37 @@ def _unzip_frames(archive: Path, dest: Path, settings: Settings) -> Path:
                     f"{archive.name} holds {len(members)} images; at most {settings.max_archive_frames} are read "
                     "(LLB_MAX_ARCHIVE_FRAMES): zip fewer frames"
                 )
-            if sum(m.file_size for m in members) > 8 * settings.max_upload_mb * 2**20:
-                raise VideoError(f"{archive.name} unpacks to more than {8 * settings.max_upload_mb} MB")
+            members.sort(key=lambda m: natural_key(_member_name(m)))
+            for m in members[: settings.max_frames]:
+                if m.file_size > cap:
+                    raise VideoError(
+                        f"{_member_name(m)} unpacks to {m.file_size / 2**20:.0f} MB; a frame may take at most "
+                        f"{settings.max_frame_mb} MB (LLB_MAX_FRAME_MB): zip JPEG or PNG frames"
+                    )
             dest.mkdir(parents=True)
-            for m in members:
-                with zf.open(m) as src, open(dest / PurePosixPath(m.filename).name, "wb") as out:
-                    shutil.copyfileobj(src, out)
-    except zipfile.BadZipFile as err:
+            for m in members[: settings.max_frames]:
+                with zf.open(m) as src, open(dest / _member_name(m), "wb") as out:
+                    left = cap
+                    while chunk := src.read(min(2**20, left + 1)):
+                        left -= len(chunk)
+                        if left < 0:
+                            raise VideoError(f"{_member_name(m)} unpacks to more than {settings.max_frame_mb} MB")
+                        out.write(chunk)
+                _check_pixels(dest / _member_name(m))
+    except (zipfile.BadZipFile, zlib.error, EOFError) as err:
         raise VideoError(f"{archive.name} is not a readable zip archive ({err})") from err
-    return dest
+    return len(members)
+
+
+def _check_pixels(path: Path) -> None:
+    """Refuse an image whose header declares more pixels than `MAX_FRAME_PIXELS` (read without decoding it)."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except (OSError, Image.DecompressionBombError):
+        return  # not an image PIL knows: decoding it later says what is wrong
+    if width * height > MAX_FRAME_PIXELS:
+        raise VideoError(f"{path.name} is {width}x{height} pixels; frames of up to 8K ({MAX_FRAME_PIXELS:,}) are read")
 
 
 def prepare_clip(upload: str | Path, workdir: Path, settings: Settings) -> Clip:
@@ -93,11 +136,25 @@ def prepare_clip(upload: str | Path, workdir: Path, settings: Settings) -> Clip:
         raise VideoError(
             f"{upload.name} is {size_mb:.0f} MB; the limit is {settings.max_upload_mb} MB (LLB_MAX_UPLOAD_MB)"
         )
-    for old in workdir.glob("clip-*"):
-        shutil.rmtree(old, ignore_errors=True)
     base = workdir / f"clip-{uuid.uuid4().hex[:8]}"
-    source = _unzip_frames(upload, base / "unzipped", settings) if suffix == ".zip" else upload
+    try:
+        return _decode(upload, base, settings)
+    except BaseException:
+        shutil.rmtree(base, ignore_errors=True)  # nothing of a failed upload stays on disk
+        raise
+
+
+def _decode(upload: Path, base: Path, settings: Settings) -> Clip:
+    """The frames of `upload` as JPEG files and an H.264 preview under `base`."""
+    suffix = upload.suffix.lower()
+    total = None
+    if suffix == ".zip":
+        total = _unzip_frames(upload, base / "unzipped", settings)
+        source = base / "unzipped"
+    else:
+        source = upload
     info = probe(source)
+    total = total or info.num_frames
     width, height = scaled_size(info.width, info.height, settings.max_side)
     folder = base / "frames"
     folder.mkdir(parents=True)
@@ -114,9 +171,9 @@ def prepare_clip(upload: str | Path, workdir: Path, settings: Settings) -> Clip:
     if suffix == ".zip":
         shutil.rmtree(base / "unzipped", ignore_errors=True)
     notes = []
-    if count < info.num_frames:
+    if count < total:
         notes.append(
-            f"Trimmed: the video has {info.num_frames} frames ({_duration(info.num_frames, info.fps)} at "
+            f"Trimmed: the video has {total} frames ({_duration(total, info.fps)} at "
             f"{info.fps:g} fps); the first {count} frames ({_duration(count, info.fps)}) are used "
             f"(limit LLB_MAX_FRAMES={settings.max_frames})."
         )

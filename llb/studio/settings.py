@@ -38,12 +38,14 @@ class Settings:
     max_side: int  # frames are downscaled so the longer side is at most this
     max_upload_mb: int
     max_archive_frames: int  # images read from an uploaded zip (before trimming)
+    max_frame_mb: int  # a zip member (one frame) may unpack to at most this
+    max_objects: int  # objects tracked in one run (each costs a pass per frame)
     crop_size: tuple[int, int]  # processing size (H, W) of the network's search region
     allow_untrained: bool  # development only: run a network without trained weights, outputs stamped
     examples_dir: Path
     examples_repo: str | None  # Hub dataset with the example clips, for a Space without the local folder
     work_root: Path  # per-session folders live here
-    session_ttl_s: int  # a session's files are deleted this long after its last use
+    session_ttl_s: int  # a session's files are deleted this long after its last use (swept on a timer)
     max_jobs: int  # propagation jobs running at once (the queue holds the rest)
     queue_size: int
 
@@ -55,12 +57,14 @@ class Settings:
             max_side=_int("LLB_MAX_SIDE", 854 if gpu else 640),
             max_upload_mb=_int("LLB_MAX_UPLOAD_MB", 500),
             max_archive_frames=_int("LLB_MAX_ARCHIVE_FRAMES", 2000),
+            max_frame_mb=_int("LLB_MAX_FRAME_MB", 64),
+            max_objects=_int("LLB_MAX_OBJECTS", 20 if gpu else 5),
             crop_size=_size("LLB_CROP_SIZE", (480, 832) if gpu else (240, 432)),
             allow_untrained=os.environ.get("LLB_ALLOW_UNTRAINED", "").lower() in ("1", "true", "yes"),
             examples_dir=Path(os.environ.get("LLB_EXAMPLES_DIR", REPO.parent / "shared" / "examples")),
             examples_repo=os.environ.get("LLB_EXAMPLES_REPO") or None,
             work_root=Path(os.environ.get("LLB_APP_TMP", Path(tempfile.gettempdir()) / "llb-app")),
-            session_ttl_s=_int("LLB_SESSION_TTL_S", 3 * 3600),
+            session_ttl_s=_int("LLB_SESSION_TTL_S", 3600),
             max_jobs=_int("LLB_MAX_JOBS", 1),
             queue_size=_int("LLB_QUEUE_SIZE", 16),
         )

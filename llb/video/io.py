@@ -66,7 +66,7 @@ def scaled_size(width: int, height: int, max_side: int | None) -> tuple[int, int
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def _natural_key(name: str) -> list[int | str]:
+def natural_key(name: str) -> list[int | str]:
     """Sort key that orders frame2 before frame10."""
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
 
@@ -80,7 +80,7 @@ def _frame_files(folder: Path) -> list[Path]:
         raise VideoError(
             f"no frames: the folder {folder} holds no {'/'.join(s[1:] for s in IMAGE_SUFFIXES)} images; {_UPLOAD_HINT}"
         )
-    files.sort(key=lambda p: _natural_key(p.name))
+    files.sort(key=lambda p: natural_key(p.name))
     stems = [p.stem for p in files]
     if len(set(stems)) != len(stems):
         dup = next(s for s in stems if stems.count(s) > 1)
