@@ -7,18 +7,22 @@ endpoint (see the README's App section); bad input ends in a message, never a tr
 
 from __future__ import annotations
 
-import atexit
+import contextlib
 import functools
 import inspect
 import logging
+import math
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
+from llb.bench.measure import release_memory
 from llb.checkpoint import CheckpointError
 from llb.interactive import ClickSegmenter, default_segmenter
 from llb.studio.clip import UPLOAD_TYPES, prepare_clip
@@ -43,13 +47,20 @@ from llb.video.masks import load_mask
 log = logging.getLogger("llb.app")
 SETTINGS = Settings.from_env()
 MODELS = Models(SETTINGS)
-SESSIONS = Sessions(SETTINGS.work_root, SETTINGS.session_ttl_s)
+SESSIONS = Sessions(
+    SETTINGS.work_root,
+    SETTINGS.session_ttl_s,
+    sweep_every_s=min(300.0, max(1.0, SETTINGS.session_ttl_s / 4)),
+    max_objects=SETTINGS.max_objects,
+)
+SESSIONS.close_on_exit()
 EXAMPLES = {e.title: e for e in load_examples(SETTINGS)}
 PROGRESS = gr.Progress()  # the default that tells Gradio to pass a progress tracker
 PREVIEW_EVERY_S = 0.3  # at most ~3 preview images a second reach the browser
 _segmenter: ClickSegmenter | None = None
 _segmenter_lock = threading.Lock()
-atexit.register(SESSIONS.close_all)
+# A server path in a message (two or more parts): the page gets its last part only, the log the whole message.
+SERVER_PATH = re.compile(r"(?<![\w.:/~])(?:/[^/\s'\"]+)+/([^/\s'\"]+)")
 
 # Keeps the two comparison videos playing, pausing and seeking together.
 HEAD = """<script>
@@ -75,7 +86,7 @@ HEAD = """<script>
 
 
 def segmenter() -> ClickSegmenter:
-    """The click segmenter, loaded on first use and shared by all sessions."""
+    """The click segmenter, loaded on first use; its weights are shared by all sessions."""
     global _segmenter
     with _segmenter_lock:
         if _segmenter is None:
@@ -83,22 +94,48 @@ def segmenter() -> ClickSegmenter:
         return _segmenter
 
 
+def clicker(project: Project) -> ClickSegmenter:
+    """The session's own click segmenter (shared weights, its own frame state), so that sessions clicking at
+    the same moment get exactly what each would get alone; call with the session's lock held."""
+    if project.segmenter is None:
+        project.segmenter = segmenter().fork()
+    return project.segmenter
+
+
 def project_of(request: gr.Request | None) -> Project:
     """This browser session's project (API clients get one per client session too)."""
     return SESSIONS.get(getattr(request, "session_hash", None) or "default")
 
 
+def plain(message: str) -> str:
+    """`message` with server paths cut down to their file names (the log keeps them whole)."""
+    return SERVER_PATH.sub(r"\1", message)
+
+
+def whole(value: Any, what: str) -> int:
+    """`value` (a number, or text holding one) as an int; ValueError in the person's words otherwise."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number):
+        raise ValueError(f"{what} must be a number, not {str(value)[:40]!r}")
+    return round(number)
+
+
 def guard(fn: Callable) -> Callable:
-    """Turn the errors a person can cause into a message in the UI (gr.Error), and log anything else."""
-    expected = (VideoError, CheckpointError, ValueError, IndexError, FileNotFoundError)
+    """Turn the errors a person can cause into a message in the UI (gr.Error), without server paths, and log
+    anything else."""
+    expected = (VideoError, CheckpointError, ValueError, IndexError)
 
     def fail(err: Exception) -> gr.Error:
         if isinstance(err, gr.Error):
             return err
         if isinstance(err, expected):
-            return gr.Error(str(err))
+            log.info("%s: %s", fn.__name__, err)
+            return gr.Error(plain(str(err)))
         log.exception("unexpected error in %s", fn.__name__)
-        return gr.Error(f"Something went wrong ({type(err).__name__}: {err}). The app keeps running; try again.")
+        return gr.Error(f"Something went wrong on the server ({type(err).__name__}). The app keeps running; try again.")
 
     if inspect.isgeneratorfunction(fn):
 
@@ -140,10 +177,28 @@ def refresh(project: Project, message: str = "") -> tuple:
     return working_view(project), editor_value(project), objects, name, legend(project), status
 
 
+@contextlib.contextmanager
+def job(project: Project, kind: str) -> Iterator[None]:
+    """The session's one load, run or comparison at a time (see Project.busy); the memory it used is given
+    back to the system when it ends, so a big job does not raise the server's footprint for good."""
+    try:
+        with project.busy(kind):
+            yield
+    finally:
+        release_memory()
+
+
+def frame_slider(first: int, last: int, value: int) -> dict:
+    """A slider over frames first..last. Gradio refuses a slider whose minimum is its maximum, so one frame
+    gets a fixed slider over first..first+1."""
+    return gr.update(minimum=first, maximum=max(last, first + 1), value=value, interactive=last > first)
+
+
 def _load(project: Project, path: str) -> tuple:
-    clip = prepare_clip(path, project.workdir, SETTINGS)
-    with project.lock:
-        project.set_clip(clip)
+    with job(project, "load"):
+        clip = prepare_clip(path, project.workdir, SETTINGS)
+        with project.lock:
+            project.set_clip(clip)
     if clip.notice:
         gr.Warning(clip.notice)
     last = clip.num_frames - 1
@@ -151,8 +206,8 @@ def _load(project: Project, path: str) -> tuple:
     return (
         info,
         str(clip.preview),
-        gr.update(minimum=0, maximum=last, value=0, interactive=last > 0),
-        gr.update(minimum=0, maximum=last, value=0),
+        frame_slider(0, last, 0),
+        frame_slider(0, last, 0),
         *refresh(project, f"loaded {clip.source}: {clip.num_frames} frames"),
     )
 
@@ -178,7 +233,7 @@ def set_reference(index: float, request: gr.Request) -> tuple:
     """2. The reference frame: objects are defined here and tracked from here (both ways)."""
     project = project_of(request)
     clip = project.require_clip()
-    index = int(index)
+    index = whole(index, "the reference frame")
     if not 0 <= index < clip.num_frames:
         raise gr.Error(f"frame {index} is outside the clip (0..{clip.num_frames - 1})")
     with project.lock:
@@ -191,7 +246,7 @@ def show_frame(index: float, request: gr.Request) -> tuple:
     """7. View a later frame to correct it (its result, with any edits on top)."""
     project = project_of(request)
     clip = project.require_clip()
-    index = int(index)
+    index = whole(index, "the frame to correct")
     if not project.reference <= index < clip.num_frames:
         raise gr.Error(f"corrections go on frames {project.reference}..{clip.num_frames - 1}")
     with project.lock:
@@ -203,8 +258,9 @@ def show_frame(index: float, request: gr.Request) -> tuple:
 def click(x: float, y: float, mode: str, request: gr.Request) -> tuple:
     """3. A click at (x, y) pixels of the working frame; `mode` 'object' (positive) or 'background'."""
     project = project_of(request)
+    x, y = whole(x, "a click's x"), whole(y, "a click's y")
     with project.lock:
-        project.click(project.active, int(x), int(y), mode != "background", segmenter())
+        project.click(project.active, x, y, mode != "background", clicker(project))
     return refresh(project)
 
 
@@ -218,7 +274,7 @@ def on_select(mode: str, evt: gr.SelectData, request: gr.Request) -> tuple:
 def undo_click(request: gr.Request) -> tuple:
     project = project_of(request)
     with project.lock:
-        project.undo_click(project.active, segmenter())
+        project.undo_click(project.active, clicker(project))
     return refresh(project)
 
 
@@ -245,7 +301,7 @@ def upload_mask(file: str | None, request: gr.Request) -> tuple:
     """3. A mask PNG (palette, grey or colour) for the working frame; each id or colour is an object."""
     project = project_of(request)
     clip = project.require_clip()
-    if not file:
+    if not file or not Path(file).is_file():
         raise gr.Error("no mask arrived: choose a PNG")
     labels = load_mask(file, size=(clip.width, clip.height))
     with project.lock:
@@ -257,6 +313,7 @@ def upload_mask(file: str | None, request: gr.Request) -> tuple:
 def add_object(name: str, request: gr.Request) -> tuple:
     project = project_of(request)
     project.require_clip()
+    name = str(name or "")
     with project.lock:
         new = project.add_object(None if name in project.objects.values() else name)
     return refresh(project, f"object {new} added: click it")
@@ -266,8 +323,9 @@ def add_object(name: str, request: gr.Request) -> tuple:
 def select_object(object_id: float | None, request: gr.Request) -> tuple:
     project = project_of(request)
     if object_id is not None:
+        object_id = whole(object_id, "the object")
         with project.lock:
-            project.select(int(object_id))
+            project.select(object_id)
     return refresh(project)
 
 
@@ -275,7 +333,7 @@ def select_object(object_id: float | None, request: gr.Request) -> tuple:
 def rename_object(name: str, request: gr.Request) -> tuple:
     project = project_of(request)
     with project.lock:
-        project.rename(name)
+        project.rename(str(name or ""))
     return refresh(project)
 
 
@@ -296,14 +354,15 @@ def _require_model(variant: str) -> None:
 def _results(project: Project, result: RunResult, cutout: str) -> tuple:
     """Overlay video, cut-out video, masks zip, gate plot and heat map of a finished (or stopped) run."""
     paths = render(result, project.require_clip(), project.workdir / "outputs", cutout)
-    heat = gate_heatmaps(result, min(result.gates, default=0), project.objects)
-    last = max(result.gates, default=0)
+    project.keep_outputs("run", list(paths.values()))
+    first = min(result.gates, default=0)
+    heat = gate_heatmaps(result, first, project.objects)
     return (
         str(paths["overlay"]),
         str(paths["cutout"]) if paths["cutout"] else None,
         str(paths["zip"]),
         gate_table(result),
-        gr.update(minimum=min(result.gates, default=0), maximum=last, value=min(result.gates, default=0)),
+        frame_slider(first, max(result.gates, default=0), first),
         heat,
     )
 
@@ -322,18 +381,22 @@ def _stream(project: Project, variant: str, start: int | None, progress: gr.Prog
 
 
 def _run(project: Project, start: int | None, cutout: str, editor: dict | None, progress: gr.Progress) -> Iterator:
-    project.require_clip()
+    clip = project.require_clip()
+    if cutout not in CUTOUTS:
+        raise gr.Error(f"the cut-out video is one of: {', '.join(CUTOUTS)}")
     _require_model("llb")
     _apply_strokes(project, editor)
     keep = (gr.update(),) * 7
-    for item in _stream(project, "llb", start, progress):
-        if isinstance(item, RunResult):
-            project.result = item
-            status = f"{'stopped' if item.stopped else 'done'}: {len(item.frames())} frames · {item.fps:.1f} frames/s"
-            status += f" on {item.device}"
-            yield gr.update(), status, *_results(project, item, cutout), gr.update(maximum=project.clip.num_frames - 1)
-            return
-        yield *item, *keep
+    with job(project, "run"):
+        for item in _stream(project, "llb", start, progress):
+            if isinstance(item, RunResult):
+                project.result = item
+                status = f"{'stopped' if item.stopped else 'done'}: {len(item.frames())} frames"
+                status += f" · {item.fps:.1f} frames/s on {item.device}"
+                last = clip.num_frames - 1
+                yield gr.update(), status, *_results(project, item, cutout), frame_slider(0, last, project.active)
+                return
+            yield *item, *keep
 
 
 @guard
@@ -350,9 +413,10 @@ def repropagate(
     project = project_of(request)
     if project.result is None:
         raise gr.Error("run once first; then correct a later frame and re-propagate from it")
+    index = whole(index, "the frame to correct")
     with project.lock:
-        project.active = int(index)
-    yield from _run(project, int(index), cutout, editor, progress)
+        project.active = index
+    yield from _run(project, index, cutout, editor, progress)
 
 
 @guard
@@ -370,13 +434,16 @@ def compare(request: gr.Request, progress: gr.Progress = PROGRESS) -> Iterator:
     for variant in ("llb", "joint"):
         _require_model(variant)
     videos: dict[str, str] = {}
-    for variant in ("llb", "joint"):
-        for item in _stream(project, variant, None, progress):
-            if isinstance(item, RunResult):
-                project.compare[variant] = item
-                videos[variant] = str(render(item, clip, project.workdir / "outputs")["overlay"])
-            else:
-                yield f"{NAMES[variant]}: {item[1]}", *(gr.update(),) * 6
+    with job(project, "compare"):
+        for variant in ("llb", "joint"):
+            for item in _stream(project, variant, None, progress):
+                if isinstance(item, RunResult):
+                    project.compare[variant] = item
+                    overlay = render(item, clip, project.workdir / "outputs")["overlay"]
+                    project.keep_outputs(f"compare-{variant}", [overlay])
+                    videos[variant] = str(overlay)
+                else:
+                    yield f"{NAMES[variant]}: {item[1]}", *(gr.update(),) * 6
     llb, joint = project.compare["llb"], project.compare["joint"]
     first = min(llb.gates, default=0)
     yield (
@@ -385,7 +452,7 @@ def compare(request: gr.Request, progress: gr.Progress = PROGRESS) -> Iterator:
         videos["joint"],
         disagreement_table(llb, joint),
         gate_table(llb),
-        gr.update(minimum=first, maximum=max(llb.gates, default=0), value=first),
+        frame_slider(first, max(llb.gates, default=0), first),
         gate_heatmaps(llb, first, project.objects),
     )
 
@@ -397,7 +464,7 @@ def gate_frame(index: float, request: gr.Request) -> Any:
     result = project.compare.get("llb") or project.result
     if result is None or not result.gates:
         raise gr.Error("run (or compare) first: the gate maps come from an LLB run")
-    return gate_heatmaps(result, int(index), project.objects)
+    return gate_heatmaps(result, whole(index, "the frame"), project.objects)
 
 
 def close_session(request: gr.Request) -> None:
@@ -427,7 +494,7 @@ def build() -> gr.Blocks:
                 gr.Markdown(
                     "Examples: " + "; ".join(e.credit_line() for e in EXAMPLES.values())
                     if EXAMPLES
-                    else f"(no example clips in {SETTINGS.examples_dir}: set LLB_EXAMPLES_DIR)"
+                    else "(no example clips on this server: set LLB_EXAMPLES_DIR)"
                 )
                 clip_info = gr.Markdown(elem_id="clip-info")
                 input_video = gr.Video(label="Clip as processed", interactive=False, elem_id="input-video")

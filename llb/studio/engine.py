@@ -7,6 +7,7 @@ On a ZeroGPU Space the propagation runs inside `spaces.GPU`; elsewhere on CUDA w
 from __future__ import annotations
 
 import contextlib
+import logging
 import queue
 import shutil
 import threading
@@ -37,6 +38,7 @@ except ImportError:
 
 
 _END = object()
+log = logging.getLogger(__name__)
 NAMES = {"llb": "LLB", "joint": "JOINT-style (sum fusion)"}
 
 
@@ -63,13 +65,14 @@ class Models:
                 resolve_checkpoint(key)
                 self._problems[variant] = None
             except CheckpointError as err:
+                log.warning("%s", err)  # where it looked: for the log, not the page
                 self._problems[variant] = (
                     None
                     if self.settings.allow_untrained
                     else (
                         f"No trained {NAMES[variant]} checkpoint yet, so nothing can be tracked. Put "
                         f"`{key}.safetensors` into `checkpoints/` (or a folder named by `LLB_CHECKPOINT_DIR`, "
-                        f"or publish it to the Hub repo named by `LLB_HUB_REPO`) and restart the app. ({err})"
+                        f"or publish it to the Hub repo named by `LLB_HUB_REPO`) and restart the app."
                     )
                 )
         return self._problems[variant]

@@ -48,4 +48,4 @@ def example_path(example: Example, settings: Settings) -> Path:
             return Path(hf_hub_download(settings.examples_repo, example.file, repo_type="dataset"))
         except Exception as err:  # any Hub failure: the example is not available here
             raise VideoError(f"the example {example.file} could not be fetched ({type(err).__name__})") from err
-    raise VideoError(f"the example {example.file} is not in {settings.examples_dir} (set LLB_EXAMPLES_DIR)")
+    raise VideoError(f"the example {example.file} is not on this server (set LLB_EXAMPLES_DIR to its folder)")

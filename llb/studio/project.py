@@ -1,15 +1,26 @@
 """One person's work in the app: the clip, the objects with their names and colours, the edits (clicks,
 brush strokes, uploaded masks) per frame, and the latest results. Each browser session has its own
-Project and its own folder, so two sessions never see each other's objects or files."""
+Project, its own folder and its own click state, so two sessions never see each other's objects or files.
+
+Disk stays bounded: a session keeps only the files it can still reach (its clip, its latest run and
+comparison, the videos and zip the page shows); idle sessions are swept on a timer; each server keeps its
+sessions in a folder it holds a lock on, so the next start deletes what a killed server left behind."""
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import fcntl
+import logging
 import shutil
+import signal
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
@@ -18,6 +29,13 @@ from llb.video.masks import MAX_OBJECTS, davis_palette, object_ids
 
 from .clip import Clip
 from .results import RunResult
+
+log = logging.getLogger(__name__)
+JOBS = {
+    "load": "a video is still loading",
+    "run": "a run is going",
+    "compare": "the comparison is running",
+}  # what the person is told when a second job of the session is asked for while one runs
 
 
 @dataclass
@@ -41,12 +59,16 @@ def colour(object_id: int) -> str:
 class Project:
     """State of one session; every method is called with the session's lock held by the app."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, max_objects: int = MAX_OBJECTS) -> None:
         root.mkdir(parents=True, exist_ok=True)
         self.workdir = Path(tempfile.mkdtemp(prefix="session-", dir=root))
+        self.max_objects = min(max_objects, MAX_OBJECTS)
         self.touched = time.time()
         self.lock = threading.RLock()
         self.stop = threading.Event()
+        self.job: str | None = None  # the load, run or comparison going now (one at a time)
+        self.segmenter: ClickSegmenter | None = None  # this session's fork of the shared click segmenter
+        self.outputs: dict[str, list[Path]] = {}  # files the page shows, by what made them ("run", "compare-llb")
         self.clip: Clip | None = None
         self.reference = 0
         self.active = 0  # the frame being viewed and edited: the reference, or a frame being corrected
@@ -60,11 +82,49 @@ class Project:
         """Delete the session's folder (on session end and when it expires)."""
         shutil.rmtree(self.workdir, ignore_errors=True)
 
+    @contextlib.contextmanager
+    def busy(self, job: str) -> Iterator[None]:
+        """Hold the session for `job` (a key of JOBS): a load, run or comparison asked for while another goes
+        is refused with a message, so that a run never loses its clip to a new upload. When it ends, the files
+        nothing reaches any more are deleted."""
+        with self.lock:
+            if self.job is not None:
+                raise ValueError(f"{JOBS[self.job]} in this session: wait until it ends (or press Stop) and try again")
+            self.job = job
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.job = None
+                self.touched = time.time()
+                self.prune()
+
+    def keep_outputs(self, kind: str, paths: list[Path | None]) -> None:
+        """The files the page now shows for `kind` ("run", "compare-llb", ...); earlier ones may be deleted."""
+        self.outputs[kind] = [p for p in paths if p is not None]
+
+    def prune(self) -> None:
+        """Delete what the session can no longer reach: earlier clips, runs and rendered videos and zips."""
+        keep = {p for paths in self.outputs.values() for p in paths}
+        keep |= {r.folder for r in (self.result, *self.compare.values()) if r is not None}
+        if self.clip is not None:
+            keep.add(self.clip.folder.parent)
+        outputs = self.workdir / "outputs"
+        if not self.workdir.is_dir():
+            return  # the session was closed while its job ran
+        for path in [*(p for p in self.workdir.iterdir() if p != outputs), *outputs.glob("*")]:
+            if path in keep:
+                continue
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
     def set_clip(self, clip: Clip) -> None:
-        """A new clip: everything defined on the previous one is dropped."""
+        """A new clip: everything defined on the previous one is dropped (its files too, when no job runs)."""
         self.clip, self.reference, self.active = clip, 0, 0
         self.objects, self.current, self.edits = {}, None, {}
-        self.result, self.compare = None, {}
+        self.result, self.compare, self.outputs = None, {}, {}
 
     def require_clip(self) -> Clip:
         if self.clip is None:
@@ -73,13 +133,19 @@ class Project:
 
     # objects
     def add_object(self, name: str | None = None) -> int:
+        if len(self.objects) >= self.max_objects:
+            raise ValueError(self._too_many(len(self.objects) + 1))
         free = [i for i in range(1, MAX_OBJECTS + 1) if i not in self.objects]
-        if not free:
-            raise ValueError(f"at most {MAX_OBJECTS} objects")
         new = free[0]
         self.objects[new] = (name or "").strip() or f"object {new}"
         self.current = new
         return new
+
+    def _too_many(self, count: int) -> str:
+        return (
+            f"{count} objects: at most {self.max_objects} objects are tracked at once here (LLB_MAX_OBJECTS, "
+            "each one costs a pass per frame); delete one, or track the others in a second run"
+        )
 
     def select(self, object_id: int) -> None:
         if object_id not in self.objects:
@@ -154,6 +220,8 @@ class Project:
         ids = object_ids(labels)
         if not ids:
             raise ValueError("the mask marks no object pixel")
+        if len(set(self.objects) | set(ids)) > self.max_objects:
+            raise ValueError(self._too_many(len(set(self.objects) | set(ids))))
         for i in ids:
             self.objects.setdefault(i, f"object {i}")
             self.edits[(frame, i)] = ObjectEdit(base=labels == i, mask=labels == i)
@@ -210,18 +278,31 @@ class Project:
 
 
 class Sessions:
-    """Projects by browser session (Gradio's session hash); expired ones are closed and their files deleted."""
+    """Projects by browser session (Gradio's session hash); expired ones are closed and their files deleted.
 
-    def __init__(self, root: Path, ttl_s: float) -> None:
-        self.root, self.ttl_s = root, ttl_s
+    The projects' folders live in `root/app-*/`, one folder per server, locked (flock) while the server runs:
+    a new Sessions deletes the folders whose lock is free (their server was killed). With `sweep_every_s`, a
+    timer closes idle sessions (API clients send no heartbeat, so only their last use ends them)."""
+
+    def __init__(
+        self, root: Path, ttl_s: float, sweep_every_s: float | None = None, max_objects: int = MAX_OBJECTS
+    ) -> None:
+        self.ttl_s, self.max_objects = ttl_s, max_objects
+        root.mkdir(parents=True, exist_ok=True)
+        _sweep_dead_servers(root)
+        self.root = Path(tempfile.mkdtemp(prefix="app-", dir=root))
+        self._claim = _claim(self.root)
         self._projects: dict[str, Project] = {}
         self._lock = threading.Lock()
+        self._closed = threading.Event()
+        if sweep_every_s:
+            threading.Thread(target=self._sweep_loop, args=(sweep_every_s,), name="llb-sweep", daemon=True).start()
 
     def get(self, key: str) -> Project:
         with self._lock:
             self._sweep()
             if key not in self._projects:
-                self._projects[key] = Project(self.root)
+                self._projects[key] = Project(self.root, self.max_objects)
             project = self._projects[key]
             project.touched = time.time()
             return project
@@ -234,10 +315,60 @@ class Sessions:
             project.close()
 
     def close_all(self) -> None:
+        """Close every session and delete this server's folder (at exit)."""
+        self._closed.set()
         for key in list(self._projects):
             self.close(key)
+        shutil.rmtree(self.root, ignore_errors=True)
+        self.root.with_suffix(".lock").unlink(missing_ok=True)
+
+    def close_on_exit(self) -> None:
+        """Delete the sessions' files when the process exits normally or on SIGTERM (a Space stopping);
+        after kill -9 the next start sweeps them."""
+        atexit.register(self.close_all)
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread
+        previous = signal.getsignal(signal.SIGTERM)
+
+        def on_term(signum: int, frame: object) -> None:
+            self.close_all()
+            if callable(previous):
+                previous(signum, frame)
+            else:
+                raise SystemExit(128 + signum)
+
+        signal.signal(signal.SIGTERM, on_term)
 
     def _sweep(self) -> None:
+        """Close the sessions idle for longer than the TTL (never one whose job is still going)."""
         now = time.time()
-        for key in [k for k, p in self._projects.items() if now - p.touched > self.ttl_s]:
+        for key in [k for k, p in self._projects.items() if p.job is None and now - p.touched > self.ttl_s]:
             self._projects.pop(key).close()
+
+    def _sweep_loop(self, every_s: float) -> None:
+        while not self._closed.wait(every_s):
+            with self._lock:
+                self._sweep()
+
+
+def _claim(folder: Path) -> IO:
+    """Lock `folder` for this process's lifetime (the kernel frees the lock when the process dies)."""
+    handle = open(folder.with_suffix(".lock"), "w")  # noqa: SIM115 (held open for the process's lifetime)
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return handle
+
+
+def _sweep_dead_servers(root: Path) -> None:
+    """Delete the `app-*` folders under `root` whose server is gone (their lock is free), and session folders
+    of the layout before servers had their own folder."""
+    for old in root.glob("session-*"):
+        shutil.rmtree(old, ignore_errors=True)
+    for lock in root.glob("app-*.lock"):
+        with open(lock, "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a running server holds it
+            shutil.rmtree(lock.with_suffix(""), ignore_errors=True)
+            lock.unlink(missing_ok=True)
+            log.info("deleted the session files of a server that did not exit cleanly: %s", lock.stem)

@@ -3,6 +3,7 @@ video, the cut-out video, the zip of masks, the gate maps and the comparison of 
 
 from __future__ import annotations
 
+import uuid
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,7 +76,7 @@ def render(result: RunResult, clip: Clip, out_dir: Path, cutout_mode: str = "non
     Names carry a fresh suffix so that a browser never shows a cached older video."""
     frames = result.frames()
     out_dir.mkdir(parents=True, exist_ok=True)
-    tag = f"{result.variant}-{len(list(out_dir.glob('*.mp4')))}"
+    tag = f"{result.variant}-{uuid.uuid4().hex[:8]}"
     paths: dict[str, Path | None] = {"overlay": out_dir / f"overlay-{tag}.mp4", "cutout": None, "zip": None}
     writers = [VideoWriter(paths["overlay"], clip.fps)]
     if cutout_mode != "none":

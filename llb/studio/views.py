@@ -3,6 +3,7 @@ editor's value, brush strokes decoded into masks, and tables for the plots."""
 
 from __future__ import annotations
 
+import html
 from typing import Any
 
 import cv2
@@ -46,7 +47,7 @@ def legend(project: Project) -> str:
     for object_id, name in sorted(project.objects.items()):
         mark = " &#9664; current" if object_id == project.current else ""
         swatch = f'<span style="display:inline-block;width:1em;height:1em;background:{colour(object_id)}"></span>'
-        items.append(f"<li>{swatch} {object_id}: {name}{mark}</li>")
+        items.append(f"<li>{swatch} {object_id}: {html.escape(name)}{mark}</li>")  # names are text, not markup
     return f'<ul style="list-style:none;padding-left:0">{"".join(items)}</ul>'
 
 
