@@ -166,8 +166,7 @@ class LLBNet(nn.Module):
             [enc.weight.unflatten(0, (ntr, b))],
         )
         n_mem = ntr
-        memory = LearnerMemory(learner_feat[:n_mem], torch.cat(e2s), torch.cat(ws))
-        tau, _ = self.learner(memory, num_init_iter)
+        tau = self._learn(learner_feat[:n_mem], e2s, ws, num_init_iter)
         logits = []
         for i in range(nte):
             t = ntr + i
@@ -181,6 +180,16 @@ class LLBNet(nn.Module):
             ws.append(enc.weight[None])
             n_mem += 1
             if i < nte - 1:
-                memory = LearnerMemory(learner_feat[:n_mem], torch.cat(e2s), torch.cat(ws))
-                tau, _ = self.learner(memory, num_update_iter, tau)
+                tau = self._learn(learner_feat[:n_mem], e2s, ws, num_update_iter, tau)
         return SequenceOutput(logits=torch.stack(logits), e1=torch.cat(e1s), e2=torch.cat(e2s))
+
+    def _learn(
+        self, feat: Tensor, e2s: list[Tensor], ws: list[Tensor], iters: int, tau: Tensor | None = None
+    ) -> Tensor:
+        """Steepest-descent steps of the few-shot learner on the memory (feat (N, B, C, h, w), E2 and W of each
+        memory frame), in float32 even under bf16 autocast, as at inference: its Gauss-Newton step sizes are
+        ratios of small sums that bf16 would round away."""
+        with torch.autocast(feat.device.type, enabled=False):
+            memory = LearnerMemory(feat.float(), torch.cat(e2s).float(), torch.cat(ws).float())
+            tau, _ = self.learner(memory, iters, tau)
+        return tau

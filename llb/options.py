@@ -66,9 +66,14 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def engine_crop_size(device: torch.device) -> tuple[int, int]:
+    """The processing size (H, W) the engine uses by default on `device`: the paper's on CUDA, half on the CPU."""
+    return CropConfig().size if device.type == "cuda" else CPU_SIZE
+
+
 def build_segmenter(args: argparse.Namespace) -> Segmenter:
     device = parse_device(args.device)
-    size = args.crop_size or (CropConfig().size if device.type == "cuda" else CPU_SIZE)
+    size = args.crop_size or engine_crop_size(device)
     seg = Segmenter.from_pretrained(
         args.checkpoint,
         config=args.config,

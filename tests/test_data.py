@@ -169,6 +169,8 @@ def test_frame_sampling_is_ordered_and_within_the_gap() -> None:
 def test_video_clips_come_in_order_from_one_video(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_video_root(tmp_path / "davis", {"one": 14, "two": 12, "blackswan": 5})
     assert [s.name for s in scan_video_root(tmp_path / "davis")] == ["one", "two"]  # DAVIS 2017 val dropped
+    held = VideoClips([tmp_path / "davis"], ClipConfig(size=SIZE), exclude=["two"])  # a run's held-out sequences
+    assert [s.name for s in held.sequences] == ["one"]
     reads = record_reads(monkeypatch)
     cfg = ClipConfig(size=SIZE, max_gap=6, augment=AugmentConfig(rotation=0, scale=0, p_flip=0, brightness=0))
     clips = VideoClips([tmp_path / "davis"], cfg, seed=3)

@@ -22,6 +22,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
+from torch.utils.data import default_collate
 
 from llb.checkpoint import load_model, read_checkpoint
 from llb.cli import main as llb_main
@@ -41,7 +42,8 @@ from llb.training import (
 from llb.training import trainer as trainer_module
 from llb.training.distributed import Distributed
 from llb.training.monitor import RunMonitor, plot_curves
-from llb.training.trainer import clip_batches, davis_validator, lr_factor, param_groups
+from llb.training.trainer import clip_batches, lr_factor, param_groups
+from llb.training.validation import make_validator, validation_sets
 
 SIZE = (64, 96)
 
@@ -239,12 +241,15 @@ def test_validation_callback(tmp_path: Path) -> None:
         ann = Image.fromarray(labels, mode="P")
         ann.putpalette([0, 0, 0, 128, 0, 0] + [0] * 762)
         ann.save(root / "Annotations" / "seq" / f"{t:05d}.png")
-    validator = davis_validator(root, SIZE, tmp_path / "pred")
-    assert validator is not None
+    validator = make_validator(validation_sets([root]), tmp_path / "pred", SIZE)
     trainer = Trainer(tiny_config(tmp_path), dataset=BlobClips(), validators=[validator])
     before = torch.get_rng_state()
     results = trainer.validate()
-    assert set(results) == {"val_J&F", "val_J", "val_F"} and all(0 <= v <= 100 for v in results.values())
+    scores = {k: v for k, v in results.items() if k.startswith("val_")}
+    assert set(scores) == {"val_J&F", "val_J", "val_F", "val_val_J&F", "val_val_J", "val_val_F"}
+    assert all(0 <= v <= 100 for v in scores.values()) and scores["val_J&F"] == scores["val_val_J&F"]
+    gates = {k: v for k, v in results.items() if k.startswith("gate_")}
+    assert len(gates) == 12 and all(0 <= v <= 1 for v in gates.values())  # the tiny config's fusion is the AFM
     assert torch.equal(torch.get_rng_state(), before) and trainer.model.decoder.training
     monitor = RunMonitor(tmp_path, 0, 4, 2, quiet=True)
     monitor.training(1, {"loss": 50.0, "iou": 0.5, "sec_per_step": 0.5})
@@ -357,3 +362,44 @@ def test_two_processes_under_torchrun(tmp_path: Path) -> None:
 
 if __name__ == "__main__":
     sys.exit(rank_main(sys.argv[1:]))
+
+
+def test_bf16_autocast_keeps_the_learner_in_float32(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a CPU that computes bf16 natively, a training step runs under bf16 autocast; the few-shot learner's
+    target model stays float32 as at inference."""
+    monkeypatch.setattr(trainer_module, "native_bf16", lambda device: True)
+    trainer = Trainer(tiny_config(tmp_path), dataset=BlobClips())
+    with trainer.autocast():
+        assert torch.is_autocast_enabled("cpu")
+        feat = torch.randn(1, 1, trainer.model.cfg.feature_dim, 4, 6, dtype=torch.bfloat16)
+        d = trainer.model.cfg.label.dim
+        label = [torch.randn(1, 1, d, 4, 6, dtype=torch.bfloat16)]
+        tau = trainer.model._learn(feat, label, [torch.ones_like(label[0])], 2)
+    assert tau.dtype == torch.float32 and torch.isfinite(tau).all()
+    stats = trainer.train_step(default_collate([BlobClips()[i] for i in range(2)]))
+    assert math.isfinite(stats["loss"]) and math.isfinite(stats["grad_norm"])
+    monkeypatch.setattr(trainer_module, "native_bf16", lambda device: False)
+    assert not torch.is_autocast_enabled("cpu")
+    with trainer.autocast():
+        assert not torch.is_autocast_enabled("cpu")
+
+
+def test_stop_request_pauses_with_a_saved_state(tmp_path: Path) -> None:
+    """What SIGTERM sets: the run stops after the current step, saves RUN/last and exports nothing."""
+    trainer = Trainer(tiny_config(tmp_path), dataset=BlobClips())
+    trainer.stop_requested = True
+    trainer.fit(quiet=True)
+    run = tmp_path / "run"
+    assert trainer.step == 1 and json.loads((run / "last" / "state.json").read_text())["step"] == 1
+    assert not list(run.glob("*.safetensors*"))
+
+
+def test_holdout_validation_set(tmp_path: Path) -> None:
+    root = tmp_path / "train"
+    for name in ("one", "two"):
+        for sub in ("JPEGImages", "Annotations"):
+            (root / sub / name).mkdir(parents=True)
+    (sets,) = validation_sets([], holdout=["two"], holdout_roots=[root])
+    assert sets.name == "holdout" and [s.name for s in sets.sequences] == ["two"]
+    with pytest.raises(ValueError, match="held-out sequence.*three"):
+        validation_sets([], holdout=["three"], holdout_roots=[root])

@@ -8,7 +8,8 @@ ones; a target absent from a later frame has an empty mask there.
 
 The DAVIS 2017 validation split is never training data: a root named `davis2017-dev` is refused, and
 sequences of the DAVIS 2017 val set are dropped from any root (a full DAVIS trainval folder without
-ImageSets/2017/train.txt keeps only its train sequences).
+ImageSets/2017/train.txt keeps only its train sequences). Sequences named in `exclude` (a run's held-out
+validation sequences) are dropped too.
 """
 
 from __future__ import annotations
@@ -113,8 +114,9 @@ def _layout(root: Path) -> tuple[Path, Path, Path]:
     return base, images, annotations
 
 
-def scan_video_root(root: str | Path) -> list[VideoSequence]:
-    """The training sequences of a root with at least two annotated frames (see the module docstring)."""
+def scan_video_root(root: str | Path, exclude: Sequence[str] = ()) -> list[VideoSequence]:
+    """The training sequences of a root with at least two annotated frames, but those named in `exclude`
+    (see the module docstring)."""
     root = check_training_root(root)
     base, images, annotations = _layout(root)
     listed = next((base / p for p in TRAIN_LISTS if (base / p).is_file()), None)
@@ -124,7 +126,7 @@ def scan_video_root(root: str | Path) -> list[VideoSequence]:
         names = sorted(p.name for p in images.iterdir() if p.is_dir())
     sequences = []
     for name in names:
-        if name in DAVIS2017_VAL:
+        if name in DAVIS2017_VAL or name in exclude:
             continue
         frames = sorted(p for p in (images / name).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
         stems = [p.stem for p in frames]
@@ -155,10 +157,11 @@ class VideoClips(ClipDataset):
         cfg: ClipConfig | None = None,
         seed: int = 0,
         weights: Sequence[float] | None = None,
+        exclude: Sequence[str] = (),
     ) -> None:
         super().__init__(seed)
         self.cfg = cfg or ClipConfig()
-        self.roots = [scan_video_root(r) for r in roots]
+        self.roots = [scan_video_root(r, exclude) for r in roots]
         sizes = [len(r) for r in self.roots]
         w = np.asarray(weights if weights is not None else sizes, dtype=np.float64)
         if len(w) != len(self.roots):

@@ -135,13 +135,14 @@ class SyntheticClips(ClipDataset):
         video_roots: Sequence[str | Path] = (),
         cfg: SyntheticConfig | None = None,
         seed: int = 0,
+        exclude: Sequence[str] = (),
     ) -> None:
         super().__init__(seed)
         self.cfg = cfg or SyntheticConfig()
         self.images = [item for root in static_roots for item in scan_static_root(root)]
         if not self.images:
             raise ValueError("no still image found for synthetic clips")
-        self.videos: list[VideoSequence] = [seq for root in video_roots for seq in scan_video_root(root)]
+        self.videos: list[VideoSequence] = [seq for root in video_roots for seq in scan_video_root(root, exclude)]
 
     def make_clip(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """A scene and one of its objects that covers [min_area, max_area] of frame 0 as the target."""

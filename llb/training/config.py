@@ -24,6 +24,9 @@ from .loss import LossConfig
 
 STAGES = ("synthetic", "video")
 MIB = 1 << 20
+# Training sequences of the DAVIS 2016 train set held out of every run's clips (and synthetic backgrounds) and
+# validated on instead: every 7th of the 30 by name, from the 4th.
+HOLDOUT = ("breakdance-flare", "flamingo", "mallard-water", "scooter-gray")
 
 
 def shared_data_dir() -> Path:
@@ -65,6 +68,7 @@ class DataConfig:
     static_roots: tuple[str, ...] = ()
     video_backgrounds: bool = True  # synthetic stage: also paste onto frames of the video roots
     synthetic_fraction: float = 0.0  # video stage: share of synthetic clips mixed in
+    holdout: tuple[str, ...] = HOLDOUT  # sequences of the video roots never trained on (validated on)
     workers: int = 2
     clip: ClipConfig = field(default_factory=ClipConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
@@ -95,7 +99,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     threads: int | None = None  # CPU threads of the network (None: torch's default, one per core)
-    amp: bool = True  # bf16 autocast where the device supports it (CUDA)
+    amp: bool = True  # bf16 autocast where the device computes bf16 natively (recent GPUs, AMX/AVX512-BF16 CPUs)
     freeze_bn: bool = True  # every batch norm keeps its running statistics (official)
     num_init_iter: int | None = None  # learner steps on frame 0 (None: the model's, 5)
     num_update_iter: int | None = None  # learner steps per later frame (None: the model's, 2)
@@ -103,7 +107,10 @@ class TrainConfig:
     log_every: int = 10
     save_every: int = 500
     val_every: int = 0  # steps between validations (0: none)
-    val_root: str | None = None  # DAVIS-format root scored by llb.evaluation (e.g. ../shared/data/davis2017-dev)
+    val_roots: tuple[str, ...] = ()  # DAVIS-format roots scored as sets (e.g. davis2017-dev, extra-val)
+    val_holdout: bool = True  # also score data.holdout (the held-out training sequences) as the set `holdout`
+    val_at_start: bool = True  # a fresh run validates its starting network first (step 0)
+    val_size: tuple[int, int] | None = None  # processing size (H, W) of validation (None: the engine's default)
     val_max_frames: int | None = None  # track and score only the first frames of each validation sequence
     export_shard_mib: int = 16
     data: DataConfig = field(default_factory=DataConfig)

@@ -84,9 +84,10 @@ class TensorBoard:
             self.writer.add_scalar("speed/it_per_s", 1 / stats["sec_per_step"], step)
 
     def validation(self, step: int, results: dict[str, float]) -> None:
-        """Validation scores, e.g. val_J&F -> val/J&F."""
+        """Validation scores and gate statistics: val_J&F -> val/J&F, gate_induction_mean -> gates/induction_mean."""
         for key, value in results.items():
-            self.writer.add_scalar(f"val/{key.removeprefix('val_')}", value, step)
+            tag = f"gates/{key[5:]}" if key.startswith("gate_") else f"val/{key.removeprefix('val_')}"
+            self.writer.add_scalar(tag, value, step)
 
     def flush(self) -> None:
         """Write the pending events now (SummaryWriter otherwise writes every two minutes)."""
@@ -156,8 +157,9 @@ def moving_average(values: np.ndarray, window: int) -> np.ndarray:
 
 
 def plot_curves(run: str | Path, out: str | Path | None = None) -> Path:
-    """Draw a run's training loss (log.csv) and validation J, F and J&F (val.csv) as a PNG, by default
-    RUN/curves.png. Drawn on a bare matplotlib Figure (the Agg renderer): no window, no pyplot state."""
+    """Draw a run's training loss (log.csv), its validation J&F overall and per set, and, for LLB, the AFM gate
+    statistics (val.csv) as a PNG, by default RUN/curves.png. Drawn on a bare matplotlib Figure (the Agg
+    renderer): no window, no pyplot state."""
     from matplotlib.figure import Figure
 
     run = Path(run)
@@ -165,8 +167,10 @@ def plot_curves(run: str | Path, out: str | Path | None = None) -> Path:
     if not train:
         raise FileNotFoundError(f"{run} has no log.csv rows yet: pass the run folder of `llb train` (--out)")
     val = read_columns(run / "val.csv")
-    fig = Figure(figsize=(11, 4), layout="constrained")
-    loss_ax, val_ax = fig.subplots(1, 2)
+    gates = sorted({k.split("_")[1] for k in val if k.startswith("gate_")})
+    fig = Figure(figsize=(16 if gates else 11, 4), layout="constrained")
+    axes = fig.subplots(1, 3 if gates else 2)
+    loss_ax, val_ax = axes[0], axes[1]
     steps, loss = train["step"], train["loss"]
     window = max(1, len(loss) // 25)
     loss_ax.plot(steps, loss, color="tab:blue", alpha=0.3 if window > 1 else 1, linewidth=0.8, label="loss")
@@ -175,16 +179,40 @@ def plot_curves(run: str | Path, out: str | Path | None = None) -> Path:
     loss_ax.set(title="training loss", xlabel="step", ylabel="loss")
     loss_ax.legend(loc="upper right")
     loss_ax.grid(alpha=0.3)
+    xlim = (0, max(steps.max(), 1))
     if val:
-        for key, style in (("val_J&F", "-o"), ("val_J", "--"), ("val_F", ":")):
-            if key in val:
-                val_ax.plot(val["step"], val[key], style, markersize=3, label=key.removeprefix("val_"))
-        val_ax.legend(loc="lower right")
+        sets = [k for k in val if k.startswith("val_") and k.endswith("_J&F") and k != "val_J&F"]
+        if "val_J&F" in val:
+            label = "J&F (mean over sequences)" if sets else "J&F"
+            val_ax.plot(val["step"], val["val_J&F"], "-o", color="black", markersize=3, label=label)
+        for key in sets:
+            val_ax.plot(val["step"], val[key], "--o", markersize=2, linewidth=1, label=key[4:-4] + " J&F")
+        if not sets:
+            for key, style in (("val_J", "--"), ("val_F", ":")):
+                if key in val:
+                    val_ax.plot(val["step"], val[key], style, markersize=3, label=key.removeprefix("val_"))
+        val_ax.legend(loc="lower right", fontsize=8)
     else:
         message = "no validation yet\n(--val-root and --val-every)"
         val_ax.text(0.5, 0.5, message, ha="center", va="center", transform=val_ax.transAxes)
-    val_ax.set(title="validation", xlabel="step", ylabel="score (%)", xlim=(0, max(steps.max(), 1)), ylim=(0, 100))
+    val_ax.set(title="validation", xlabel="step", ylabel="score (%)", xlim=xlim, ylim=(0, 100))
     val_ax.grid(alpha=0.3)
+    if gates:
+        draw_gates(axes[2], val, gates, xlim)
     path = Path(out) if out else run / "curves.png"
     fig.savefig(path, dpi=100)
     return path
+
+
+def draw_gates(ax: Any, val: dict[str, np.ndarray], gates: Sequence[str], xlim: tuple[float, float]) -> None:
+    """The AFM gates at each validation: mean with a band of one standard deviation, and the shares of values
+    below 0.25 and above 0.75."""
+    for name, color in zip(gates, ("tab:orange", "tab:green", "tab:purple"), strict=False):
+        mean, std = val[f"gate_{name}_mean"], val[f"gate_{name}_std"]
+        ax.plot(val["step"], mean, "-o", color=color, markersize=3, label=f"{name} gate mean")
+        ax.fill_between(val["step"], mean - std, mean + std, color=color, alpha=0.15)
+        ax.plot(val["step"], val[f"gate_{name}_low"], ":", color=color, label=f"{name} share < 0.25")
+        ax.plot(val["step"], val[f"gate_{name}_high"], "--", color=color, label=f"{name} share > 0.75")
+    ax.set(title="AFM gates (validation frames)", xlabel="step", ylabel="gate value / share", xlim=xlim, ylim=(0, 1))
+    ax.legend(loc="upper right", fontsize=8)
+    ax.grid(alpha=0.3)

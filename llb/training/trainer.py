@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import json
 import math
 import os
 import random
 import shutil
-import sys
+import signal
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +47,7 @@ from llb.data import (
     check_training_root,
     preview_grid,
 )
+from llb.inference.session import native_bf16
 from llb.network import LLBNet
 from llb.options import parse_device, parse_size
 
@@ -55,6 +55,7 @@ from .config import MIB, STAGES, TrainConfig, apply_overrides, shared_data_dir, 
 from .distributed import SINGLE_PROCESS, Distributed, process_group
 from .loss import training_loss
 from .monitor import RunMonitor, plot_curves
+from .validation import Validator, make_validator, validation_sets
 
 # MKL picks its BLAS code path by memory alignment unless told otherwise, so the same step could round
 # differently in two runs; its AUTO mode fixes the path per CPU, which makes resumed runs bit-exact. MKL reads
@@ -63,7 +64,6 @@ os.environ.setdefault("MKL_CBWR", "AUTO")
 
 STATE_FORMAT = "llb-train-state/1"
 SHARD_HEADER_MARGIN = 1 << 19  # room for a shard's safetensors header (tensor index and metadata)
-Validator = Callable[[LLBNet, int], dict[str, float]]
 
 # parameter groups: name prefix in LLBNet -> OptimConfig field
 PARAM_GROUPS = (
@@ -81,22 +81,28 @@ PARAM_GROUPS = (
 def build_dataset(cfg: TrainConfig) -> ClipDataset:
     """The stage's clip source (synthetic or video), seeded with the run's seed."""
     data = cfg.data
-    shared = shared_data_dir()
-    videos = list(data.video_roots) or [str(shared / "davis2016-train-240p")]
-    statics = list(data.static_roots) or [str(shared / "static")]
+    videos = video_roots(cfg)
+    statics = list(data.static_roots) or [str(shared_data_dir() / "static")]
     for root in videos:
         check_training_root(root)
     if data.clip.size != data.synthetic.size or data.clip.num_frames != data.synthetic.num_frames:
         raise ValueError("data.clip and data.synthetic must share size and num_frames (set them with --size)")
+    held = data.holdout
     if cfg.stage == "synthetic":
-        return SyntheticClips(statics, videos if data.video_backgrounds else (), data.synthetic, seed=cfg.seed)
+        backgrounds = videos if data.video_backgrounds else ()
+        return SyntheticClips(statics, backgrounds, data.synthetic, seed=cfg.seed, exclude=held)
     if cfg.stage == "video":
-        real = VideoClips(videos, data.clip, seed=cfg.seed)
+        real = VideoClips(videos, data.clip, seed=cfg.seed, exclude=held)
         if data.synthetic_fraction <= 0:
             return real
-        synthetic = SyntheticClips(statics, videos, data.synthetic, seed=cfg.seed)
+        synthetic = SyntheticClips(statics, videos, data.synthetic, seed=cfg.seed, exclude=held)
         return MixedClips([real, synthetic], [1 - data.synthetic_fraction, data.synthetic_fraction], seed=cfg.seed)
     raise ValueError(f"unknown stage {cfg.stage!r}: choose {' or '.join(STAGES)}")
+
+
+def video_roots(cfg: TrainConfig) -> list[str]:
+    """The run's real-video roots (the shared DAVIS 2016 train set when none is given)."""
+    return list(cfg.data.video_roots) or [str(shared_data_dir() / "davis2016-train-240p")]
 
 
 def build_model(cfg: TrainConfig) -> LLBNet:
@@ -215,6 +221,7 @@ class Trainer:
         self.dataset = dataset
         self.validators = list(validators)
         self.step = 0
+        self.stop_requested = False  # set (e.g. by SIGTERM) to pause after the current step
 
     def _distribute(self) -> nn.Module:
         """The model as a step calls it: across processes, wrapped in DistributedDataParallel, which averages the
@@ -236,8 +243,9 @@ class Trainer:
                     module.eval()
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        """bf16 autocast on CUDA when `amp`; a no-op elsewhere."""
-        enabled = self.cfg.amp and self.device.type == "cuda"
+        """bf16 autocast when `amp` and the device computes bf16 natively (recent GPUs; CPUs with AMX or
+        AVX512-BF16), as the engine does; a no-op elsewhere. The few-shot learner stays float32 (LLBNet._learn)."""
+        enabled = self.cfg.amp and native_bf16(self.device)
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
 
     def train_step(self, batch: dict[str, Tensor]) -> dict[str, float]:
@@ -292,8 +300,9 @@ class Trainer:
         yield from loader
 
     def fit(self, quiet: bool = False, stop_at: int | None = None) -> dict[str, float]:
-        """Train until `cfg.steps` (or pause at `stop_at`), logging, saving `last/` and validating on schedule;
-        `last/` is also saved when pausing, and the network is exported at the end. Rank 0 does all the
+        """Train until `cfg.steps` (or pause at `stop_at`, or after the step during which `stop_requested` was
+        set), logging, saving `last/` and validating on schedule; `last/` is also saved when pausing, and the
+        network is exported at the end. Rank 0 does all the
         writing; every process returns once it is done.
 
         Returns the statistics of the last step (averaged over the processes).
@@ -301,13 +310,15 @@ class Trainer:
         monitor = self._open_monitor(quiet) if self.place.is_main else None
         stats: dict[str, float] = {}
         try:
+            if monitor is not None and self.step == 0 and self.cfg.val_at_start and self.cfg.val_every:
+                monitor.validation(0, self.validate())
             tick = time.perf_counter()
             for batch in self.batches():
                 stats = self.train_step(batch)
                 seconds = time.perf_counter() - tick
                 stats["sec_per_step"] = seconds
                 stats["clips_per_s"] = self.cfg.batch * self.place.world / max(seconds, 1e-9)
-                pause = self.step == stop_at
+                pause = self.step == stop_at or self.stop_requested
                 if monitor is not None:
                     self._after_step(monitor, stats, pause)
                 if pause:
@@ -375,6 +386,7 @@ class Trainer:
             "processes": self.place.world,
             "size": list(data.size),
             "init": self.cfg.init,
+            "holdout": list(data.holdout),
         }
 
     def export(self, path: str | Path) -> list[Path]:
@@ -517,36 +529,6 @@ def _unflatten_optimizer(tensors: dict[str, Tensor], meta: dict[str, Any]) -> di
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-# ---- validation callback --------------------------------------------------------------------------------
-def davis_validator(
-    root: str | Path, size: tuple[int, int], work: str | Path, max_frames: int | None = None
-) -> Validator | None:
-    """J&F of the training network on a DAVIS-format root, through `llb.evaluation` (None when that package
-    is not importable, so training never depends on it). Predictions go to `work/<sequence>/`; the crop size
-    is `size` (H, W) and, with `max_frames`, only each sequence's first frames are tracked and scored."""
-    try:
-        evaluation = importlib.import_module("llb.evaluation.davis")
-        session = importlib.import_module("llb.inference.session")
-        crop = importlib.import_module("llb.inference.crop")
-    except ImportError:
-        return None
-    sequences = evaluation.davis_sequences(root)
-
-    def run(model: LLBNet, step: int) -> dict[str, float]:
-        device = next(model.parameters()).device
-        inference = session.InferenceConfig(crop=crop.CropConfig(size=tuple(size)))
-        seg = session.Segmenter(model, inference, device)
-        scores = []
-        for seq in sequences:
-            out = Path(work) / seq.name
-            evaluation.segment_sequence(seg, seq, out, max_frames, quiet=True)
-            scores.append(evaluation.score_sequence(seq, out, max_frames))
-        summary = evaluation.summarize(scores)
-        return {"val_J&F": summary["J&F"], "val_J": summary["J"], "val_F": summary["F"]}
-
-    return run
-
-
 # ---- command line ---------------------------------------------------------------------------------------
 def _size(text: str) -> tuple[int, int]:
     """`WxH` -> (H, W), multiples of 16 (no `auto`: a run has one training size)."""
@@ -575,16 +557,28 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init", default=None, help="start from a checkpoint (e.g. the synthetic stage's export)")
     p.add_argument("--video-root", action="append", default=None, help="DAVIS/YouTube-VOS root (repeatable)")
     p.add_argument("--static-root", action="append", default=None, help="still-image set for synthetic clips")
-    p.add_argument("--val-root", default=None, help="DAVIS-format validation root (needs llb.evaluation)")
+    p.add_argument(
+        "--val-root",
+        action="append",
+        default=None,
+        help="DAVIS-format root validated on as one set (repeatable); the held-out training sequences are a set too",
+    )
+    p.add_argument("--val-size", type=_size, default=None, help="validation processing size WxH (engine default)")
     p.add_argument("--val-every", type=int, default=None, help="steps between validations (0: none)")
     p.add_argument("--val-max-frames", type=int, default=None, help="validate on each sequence's first frames")
     p.add_argument("--save-every", type=int, default=None, help="steps between resume states (default 500)")
+    p.add_argument(
+        "--stop-at",
+        type=int,
+        default=None,
+        help="pause at this step: save RUN/last and exit (SIGTERM pauses after the current step too)",
+    )
     p.add_argument("--log-every", type=int, default=None, help="steps between log.csv rows (default 10)")
     p.add_argument("--seed", type=int, default=None, help="seed of the weights and of the clip stream")
     p.add_argument("--workers", type=int, default=None, help="DataLoader worker processes (default 2)")
     p.add_argument("--device", default=None, help="auto, cpu or cuda")
     p.add_argument("--threads", type=int, default=None, help="CPU threads of the network (default: all cores)")
-    p.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
+    p.add_argument("--no-amp", action="store_true", help="float32 throughout (no bf16 autocast)")
     p.add_argument(
         "--set",
         action="append",
@@ -627,7 +621,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         "seed": "seed",
         "device": "device",
         "threads": "threads",
-        "val_root": "val_root",
         "val_every": "val_every",
         "val_max_frames": "val_max_frames",
         "save_every": "save_every",
@@ -649,6 +642,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         cfg.data.static_roots = tuple(args.static_root)
     if args.workers is not None:
         cfg.data.workers = args.workers
+    if args.val_root:
+        cfg.val_roots = tuple(args.val_root)
+    if args.val_size is not None:
+        cfg.val_size = args.val_size
     if args.no_amp:
         cfg.amp = False
     apply_overrides(cfg, args.set)
@@ -677,14 +674,14 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def _validators(cfg: TrainConfig) -> list[Validator]:
-    """The DAVIS validation asked for by the config (none where llb.evaluation is missing)."""
-    if not (cfg.val_every and cfg.val_root):
+    """The validation asked for by the config: its roots and, with `val_holdout`, the held-out sequences."""
+    if not cfg.val_every:
         return []
-    validator = davis_validator(cfg.val_root, cfg.data.size, Path(cfg.out) / "val", cfg.val_max_frames)
-    if validator is None:
-        print("llb train: llb.evaluation is not available: validation skipped", file=sys.stderr)
+    holdout = cfg.data.holdout if cfg.val_holdout else ()
+    sets = validation_sets(cfg.val_roots, holdout, video_roots(cfg))
+    if not sets:
         return []
-    return [validator]
+    return [make_validator(sets, Path(cfg.out) / "val", cfg.val_size, cfg.val_max_frames)]
 
 
 def _train(cfg: TrainConfig, args: argparse.Namespace, place: Distributed) -> int:
@@ -696,7 +693,9 @@ def _train(cfg: TrainConfig, args: argparse.Namespace, place: Distributed) -> in
         if place.is_main:
             print(f"llb train: the run is already at step {trainer.step} of {cfg.steps}; raise --steps to go on")
         return 0
-    stats = trainer.fit(quiet=args.quiet)
+    if not place.enabled:
+        signal.signal(signal.SIGTERM, lambda *_: setattr(trainer, "stop_requested", True))
+    stats = trainer.fit(quiet=args.quiet, stop_at=args.stop_at)
     if place.is_main:
         processes = f" ({place.world} processes)" if place.enabled else ""
         print(f"step {trainer.step}{processes}: loss {stats.get('loss', float('nan')):.3f}; run folder {trainer.out}")
