@@ -401,5 +401,5 @@ def test_holdout_validation_set(tmp_path: Path) -> None:
             (root / sub / name).mkdir(parents=True)
     (sets,) = validation_sets([], holdout=["two"], holdout_roots=[root])
     assert sets.name == "holdout" and [s.name for s in sets.sequences] == ["two"]
-    with pytest.raises(ValueError, match="held-out sequence.*three"):
+    with pytest.raises(ValueError, match=r"held-out sequence.*three"):
         validation_sets([], holdout=["three"], holdout_roots=[root])
