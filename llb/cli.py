@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from .bench import add_bench_arguments, run_bench
 from .bench.clicks import add_bench_clicks_arguments, run_bench_clicks
+from .bench.training import add_bench_train_arguments, run_bench_train
 from .checkpoint import CheckpointError
 from .evaluation.clicks import add_eval_clicks_arguments, run_eval_clicks
 from .evaluation.davis import add_eval_arguments, run_eval
@@ -68,6 +69,12 @@ COMMANDS: tuple[Command, ...] = (
     ),
     ("bench", "speed and memory per stage, LLB beside the JOINT baseline", add_bench_arguments, run_bench),
     ("bench-clicks", "ms per click and per frame of the click backends", add_bench_clicks_arguments, run_bench_clicks),
+    (
+        "bench-train",
+        "seconds per training step of the ways to train on this machine (threads, bf16, torchrun, compile)",
+        add_bench_train_arguments,
+        run_bench_train,
+    ),
     (
         "import-official",
         "convert an official VOS-LLB or JOINT .pth.tar to .safetensors",

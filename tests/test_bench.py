@@ -172,3 +172,21 @@ def test_running_argmax_equals_argmax_ties_included():
     x[2, :5] = x[1, :5]  # ties go to the first index
     x[:, 10:12] = 0.5
     assert torch.equal(_argmax0(x).long(), x.argmax(0))
+
+
+def test_bench_train_times_real_runs(data_dir, tmp_path, capsys):
+    """`llb bench-train` runs each setup as real `llb train` processes (here two runs side by side) and reports
+    their median s/step, the machine's clips/s and the clip sources' cost."""
+    from llb.bench.training import add_bench_train_arguments, run_bench_train
+
+    parser = argparse.ArgumentParser(prog="llb bench-train")
+    add_bench_train_arguments(parser)
+    out = tmp_path / "train.json"
+    argv = ["--setup", "bf16-2runs-1thread", "--size", "64x64", "--batch", "1", "--steps", "3", "--warmup", "1"]
+    assert run_bench_train(parser.parse_args([*argv, "--workers", "0", "--json", str(out)])) == 0
+    report = json.loads(out.read_text())
+    (result,) = report["setups"].values()
+    assert result["processes"] == 2 and result["steps_timed"] == 2 and result["sec_per_step"] > 0
+    assert result["clips_per_s"] == pytest.approx(2 / result["sec_per_step"], rel=0.01)
+    assert report["ms_per_clip"]["synthetic"] > 0 and report["ms_per_clip"]["video"] > 0
+    assert "bf16-2runs-1thread" in capsys.readouterr().out

@@ -101,6 +101,7 @@ class TrainConfig:
     threads: int | None = None  # CPU threads of the network (None: torch's default, one per core)
     amp: bool = True  # bf16 autocast where the device computes bf16 natively (recent GPUs, AMX/AVX512-BF16 CPUs)
     freeze_bn: bool = True  # every batch norm keeps its running statistics (official)
+    compile: bool = False  # torch.compile the backbone and the decoder in place (llb bench-train measures it)
     num_init_iter: int | None = None  # learner steps on frame 0 (None: the model's, 5)
     num_update_iter: int | None = None  # learner steps per later frame (None: the model's, 2)
     out: str = "runs/train"

@@ -212,6 +212,9 @@ class Trainer:
         self.out = Path(cfg.out)
         _seed_everything(cfg.seed)
         self.model = build_model(cfg).to(self.device)
+        if cfg.compile:
+            self.model.backbone.compile()
+            self.model.decoder.compile()
         # param_groups freezes parameters; DistributedDataParallel must come after it, as it syncs only the
         # parameters that require gradients when it is built
         self.optimizer = torch.optim.Adam(
