@@ -272,3 +272,27 @@ def test_ytvos_submission(data_dir: Path, tmp_path: Path, checkpoint: Path) -> N
     assert (masks["Annotations/vid/00010.png"][square == 2] == 2).all()
     assert not masks["Annotations/late/00000.png"].any()
     assert (masks["Annotations/late/00005.png"] == duck).all()
+
+
+# J&F of the shipped checkpoints on car-shadow (davis2017-dev, 40 frames, never trained on) at the CPU processing
+# size, less a margin for CPUs that run float32 instead of bf16 (README: Model card).
+SHIPPED_FLOOR = {"llb": 80.0, "joint": 80.0}
+
+
+@pytest.mark.parametrize("variant", ["llb", "joint"])
+def test_shipped_weights_keep_their_accuracy(variant: str, data_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """A regression guard of the shipped networks: tracked by the engine as `llb eval` tracks, scored officially."""
+    from llb.evaluation.davis import score_sequence, segment_sequence, summarize
+    from llb.inference.crop import CropConfig
+    from llb.inference.session import InferenceConfig, Segmenter
+    from llb.options import CPU_SIZE
+
+    monkeypatch.delenv("LLB_CHECKPOINT_DIR", raising=False)
+    inference = InferenceConfig(crop=CropConfig(size=CPU_SIZE))
+    seg = Segmenter.from_pretrained(config="lite", variant=variant, device="cpu", inference=inference)
+    assert seg.trained
+    (seq,) = [s for s in davis_sequences(data_dir / "davis2017-dev") if s.name == "car-shadow"]
+    segment_sequence(seg, seq, tmp_path, quiet=True)
+    score = summarize([score_sequence(seq, tmp_path)])["J&F"]
+    print(f"lite-{variant} car-shadow J&F {score:.1f}")
+    assert score >= SHIPPED_FLOOR[variant]
