@@ -250,6 +250,8 @@ def test_validation_callback(tmp_path: Path) -> None:
     assert all(0 <= v <= 100 for v in scores.values()) and scores["val_J&F"] == scores["val_val_J&F"]
     gates = {k: v for k, v in results.items() if k.startswith("gate_")}
     assert len(gates) == 12 and all(0 <= v <= 1 for v in gates.values())  # the tiny config's fusion is the AFM
+    per_sequence = json.loads((tmp_path / "pred" / "sequences-0.json").read_text())
+    assert per_sequence["val/seq"]["J&F"] == scores["val_J&F"]
     assert torch.equal(torch.get_rng_state(), before) and trainer.model.decoder.training
     monitor = RunMonitor(tmp_path, 0, 4, 2, quiet=True)
     monitor.training(1, {"loss": 50.0, "iou": 0.5, "sec_per_step": 0.5})

@@ -15,6 +15,7 @@ it, at the engine's default processing size for the device unless `val_size` say
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,14 +134,15 @@ class GateStatistics:
 
 def run_validation(
     seg: Segmenter, sets: Sequence[ValidationSet], work: str | Path, max_frames: int | None = None
-) -> dict[str, float]:
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     """Track and score every sequence of every set with `seg`; masks go to `work/<set>/<sequence>/`. Returns the
-    per-set and overall J&F (module docstring) and, where the network fuses with the AFM, the gate statistics."""
+    per-set and overall J&F (module docstring) with, where the network fuses with the AFM, the gate statistics;
+    and J&F, J and F per sequence (`<set>/<sequence>`)."""
     fusion = seg.model.fusion
     gates = GateStatistics() if isinstance(fusion, AdaptiveFusion) else None
     handle = fusion.register_forward_hook(gates.hook) if gates else None
     results: dict[str, float] = {}
-    per_sequence: list[dict[str, float]] = []
+    per_sequence: dict[str, dict[str, float]] = {}
     try:
         for vset in sets:
             scores = []
@@ -151,28 +153,32 @@ def run_validation(
             summary = summarize(scores)
             for key in ("J&F", "J", "F"):
                 results[f"val_{vset.name}_{key}"] = summary[key]
-            per_sequence.extend(summary["sequences"].values())
+            for name, seq_scores in summary["sequences"].items():
+                per_sequence[f"{vset.name}/{name}"] = {k: seq_scores[f"{k}-Mean"] for k in ("J&F", "J", "F")}
     finally:
         if handle is not None:
             handle.remove()
-    overall = {f"val_{key}": float(np.mean([s[f"{key}-Mean"] for s in per_sequence])) for key in ("J&F", "J", "F")}
+    overall = {f"val_{key}": float(np.mean([s[key] for s in per_sequence.values()])) for key in ("J&F", "J", "F")}
     results = {**overall, **results}
     if gates is not None:
         results.update(gates.summary())
-    return results
+    return results, per_sequence
 
 
 def make_validator(
     sets: Sequence[ValidationSet], work: str | Path, size: tuple[int, int] | None = None, max_frames: int | None = None
 ) -> Validator:
     """A training validator: the model as it trains, in an inference session on its own device, processing
-    crops of `size` (H, W; None: the engine's default for that device)."""
+    crops of `size` (H, W; None: the engine's default for that device). Each validation also writes the scores
+    of every sequence to `work/sequences-<step>.json`."""
 
     def validate(model: LLBNet, step: int) -> dict[str, float]:
         device = next(model.parameters()).device
         crop = CropConfig(size=tuple(size) if size else engine_crop_size(device))
         seg = Segmenter(model, InferenceConfig(crop=crop), device)
         with torch.no_grad():
-            return run_validation(seg, sets, work, max_frames)
+            results, per_sequence = run_validation(seg, sets, work, max_frames)
+        (Path(work) / f"sequences-{step}.json").write_text(json.dumps(per_sequence, indent=1))
+        return results
 
     return validate
