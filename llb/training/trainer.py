@@ -296,6 +296,9 @@ class Trainer:
             batch_sampler=clip_batches(self.step, self.cfg.steps, self.cfg.batch, self.place),
             num_workers=workers,
             worker_init_fn=_worker_init if workers > 0 else None,
+            # fresh worker processes: a forked one inherits OpenCV's thread pool as the parent left it (started by
+            # a validation, say) and hung in cv2.setNumThreads
+            multiprocessing_context="spawn" if workers > 0 else None,
             pin_memory=self.device.type == "cuda",
             prefetch_factor=2 if workers > 0 else None,
             persistent_workers=False,
