@@ -120,7 +120,7 @@ def whole(value: Any, what: str) -> int:
         number = math.nan
     if not math.isfinite(number):
         raise ValueError(f"{what} must be a number, not {str(value)[:40]!r}")
-    return round(number)
+    return int(number)
 
 
 def guard(fn: Callable) -> Callable:
