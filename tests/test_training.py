@@ -277,6 +277,7 @@ def test_two_stages_on_the_shared_data(data_dir: Path, tmp_path: Path) -> None:
     _, end, meta = read_checkpoint(second / "lite-llb-video.safetensors")
     info = json.loads(meta["info"])
     assert info["stage"] == "video" and info["init"] == str(export) and info["data"] == ["davis2016-train-240p"]
+    assert info["init_info"]["stage"] == "synthetic" and info["init_info"]["steps"] == 2  # the lineage
     frozen = [k for k in start if k.startswith("backbone.")]
     assert frozen and all(torch.equal(start[k], end[k]) for k in frozen)  # seed 1 would draw other weights
     assert not all(torch.equal(start[k], end[k]) for k in start)

@@ -392,6 +392,7 @@ class Trainer:
             "processes": self.place.world,
             "size": list(data.size),
             "init": self.cfg.init,
+            "init_info": _training_info(self.cfg.init) if self.cfg.init else None,
             "holdout": list(data.holdout),
         }
 
@@ -439,6 +440,15 @@ class Trainer:
         self.optimizer.load_state_dict(opt)
         self.step = int(state["step"])
         _set_rng_state(_rng_from_safetensors(load_file(str(folder / "rng.safetensors")), state["rng"]))
+
+
+def _training_info(path: str) -> dict[str, Any]:
+    """What a checkpoint says of its own training (its `info`, without the full config), so that an export
+    started from it carries its lineage."""
+    _, _, meta = read_checkpoint(path)
+    info = json.loads(meta.get("info") or "{}")
+    info.pop("train_config", None)
+    return info
 
 
 @contextlib.contextmanager
