@@ -121,7 +121,7 @@ def load_test(
     """Serve the app with `env` (which names LLB_APP_TMP) and run `cycles` rounds of len(clips) sessions at
     once, after each session alone; the figures."""
     root = Path(env["LLB_APP_TMP"])
-    proc, url = serve({"GRADIO_HEARTBEAT_INTERVAL": "1", **env}, log)
+    proc, url = serve(env, log)
     try:
         solo = [cycle(url, clip, click) for clip, click in zip(clips, clicks, strict=True)]
         rss0, same, total, peak_disk, rss = rss_mb(proc.pid), 0, 0, 0.0, []
