@@ -148,4 +148,4 @@ def test_shipped_checkpoints_load_as_trained_defaults(variant, monkeypatch):
     assert model.trained and model.cfg.key == f"lite-{variant}"
     infos = {v: json.loads(read_checkpoint(f"checkpoints/lite-{v}.safetensors")[2]["info"]) for v in ("llb", "joint")}
     assert infos["llb"]["steps"] == infos["joint"]["steps"] > 0  # LLB and the baseline got the same budget
-    assert infos["llb"]["batch"] == infos["joint"]["batch"] and infos["llb"]["size_hw"] == infos["joint"]["size_hw"]
+    assert infos["llb"]["batch"] == infos["joint"]["batch"] and infos["llb"]["size"] == infos["joint"]["size"]
