@@ -4,6 +4,7 @@ so every output must carry the UNTRAINED stamp; clips are tiny and generated her
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import socket
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import cv2
 import gradio as gr
@@ -53,6 +55,25 @@ def write_video(path: Path, frames: list[np.ndarray], fps: float = 12) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def imported_app(env: dict[str, str]) -> Iterator[Any]:
+    """The app module (re)imported under `env`; its sessions are closed and the environment restored after."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    module = None
+    try:
+        module = importlib.reload(sys.modules["app"]) if "app" in sys.modules else importlib.import_module("app")
+        yield module
+    finally:
+        if module is not None:
+            module.SESSIONS.close_all()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def app_env(root: Path) -> dict[str, str]:
     """Environment of a test app: seeded untrained checkpoints of both variants, tiny limits."""
     ckpt = root / "ckpt"
@@ -81,20 +102,8 @@ def app(tmp_path_factory):
     env = app_env(root)
     (root / "examples").mkdir()
     write_video(root / "examples" / "01_dog.mp4", make_frames())
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    module = None
-    try:
-        module = importlib.reload(sys.modules["app"]) if "app" in sys.modules else importlib.import_module("app")
+    with imported_app(env) as module:
         yield module
-    finally:
-        if module is not None:
-            module.SESSIONS.close_all()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,7 @@ names. Handlers are called directly, as Gradio calls them, with a seeded untrain
 
 from __future__ import annotations
 
-import importlib
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -18,7 +16,7 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 import pytest
-from test_app import H, N, W, app_env, make_frames, request, square_click, write_video
+from test_app import H, N, W, app_env, imported_app, make_frames, request, square_click, write_video
 
 from llb.studio.project import Sessions
 from llb.video.io import probe
@@ -30,20 +28,8 @@ def app(tmp_path_factory):
     """The app module imported under the test environment (restored afterwards)."""
     root = tmp_path_factory.mktemp("reliable")
     env = app_env(root)
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    module = None
-    try:
-        module = importlib.reload(sys.modules["app"]) if "app" in sys.modules else importlib.import_module("app")
+    with imported_app(env) as module:
         yield module
-    finally:
-        if module is not None:
-            module.SESSIONS.close_all()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def shifted_clip(folder: Path, shift: int, n: int = 3) -> Path:

@@ -406,4 +406,3 @@ def test_holdout_validation_set(tmp_path: Path) -> None:
     assert sets.name == "holdout" and [s.name for s in sets.sequences] == ["two"]
     with pytest.raises(ValueError, match=r"held-out sequence.*three"):
         validation_sets([], holdout=["three"], holdout_roots=[root])
-
