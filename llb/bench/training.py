@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..options import parse_size
 from ..training.config import TrainConfig
 from ..training.trainer import build_dataset
 from .report import write_json
@@ -111,8 +112,7 @@ def clip_cost(args: argparse.Namespace, clips: int = 16) -> dict[str, float]:
     cost = {}
     for stage in ("synthetic", "video"):
         cfg = TrainConfig(stage=stage)
-        w, h = (int(v) for v in args.size.split("x"))
-        cfg.data.set_size((h, w))
+        cfg.data.set_size(parse_size(args.size))
         dataset = build_dataset(cfg)
         tick = time.perf_counter()
         for n in range(clips):

@@ -105,19 +105,23 @@ def video_roots(cfg: TrainConfig) -> list[str]:
     return list(cfg.data.video_roots) or [str(shared_data_dir() / "davis2016-train-240p")]
 
 
-def build_model(cfg: TrainConfig) -> LLBNet:
+def build_model(cfg: TrainConfig) -> tuple[LLBNet, dict[str, Any] | None]:
     """The network named by the config, from ImageNet weights or from `cfg.init` (a checkpoint of the same
-    network, e.g. the synthetic stage's export)."""
+    network, e.g. the synthetic stage's export), and what that checkpoint says of its own training (its `info`
+    without the full config, None without `init`), so that the run's exports carry their lineage."""
     mcfg = get_config(cfg.model, cfg.variant)
     if cfg.init or not cfg.pretrained:
         mcfg.backbone.pretrained = mcfg.label.pretrained = False
     model = LLBNet(mcfg)
-    if cfg.init:
-        init_cfg, state, _ = read_checkpoint(cfg.init)
-        if init_cfg.key != mcfg.key:
-            raise ValueError(f"--init {cfg.init} holds a {init_cfg.key} network, but {mcfg.key} is trained")
-        model.load_state_dict(state, strict=True)
-    return model
+    if not cfg.init:
+        return model, None
+    init_cfg, state, meta = read_checkpoint(cfg.init)
+    if init_cfg.key != mcfg.key:
+        raise ValueError(f"--init {cfg.init} holds a {init_cfg.key} network, but {mcfg.key} is trained")
+    model.load_state_dict(state, strict=True)
+    lineage = json.loads(meta.get("info") or "{}")
+    lineage.pop("train_config", None)
+    return model, lineage
 
 
 def _backbone_trainable(name: str) -> bool:
@@ -211,7 +215,8 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         self.out = Path(cfg.out)
         _seed_everything(cfg.seed)
-        self.model = build_model(cfg).to(self.device)
+        model, self.init_info = build_model(cfg)
+        self.model = model.to(self.device)
         if cfg.compile:
             self.model.backbone.compile()
             self.model.decoder.compile()
@@ -308,8 +313,7 @@ class Trainer:
     def fit(self, quiet: bool = False, stop_at: int | None = None) -> dict[str, float]:
         """Train until `cfg.steps` (or pause at `stop_at`, or after the step during which `stop_requested` was
         set), logging, saving `last/` and validating on schedule; `last/` is also saved when pausing, and the
-        network is exported at the end. Rank 0 does all the
-        writing; every process returns once it is done.
+        network is exported at the end. Rank 0 does all the writing; every process returns once it is done.
 
         Returns the statistics of the last step (averaged over the processes).
         """
@@ -392,7 +396,7 @@ class Trainer:
             "processes": self.place.world,
             "size": list(data.size),
             "init": self.cfg.init,
-            "init_info": _training_info(self.cfg.init) if self.cfg.init else None,
+            "init_info": self.init_info,
             "holdout": list(data.holdout),
         }
 
@@ -440,15 +444,6 @@ class Trainer:
         self.optimizer.load_state_dict(opt)
         self.step = int(state["step"])
         _set_rng_state(_rng_from_safetensors(load_file(str(folder / "rng.safetensors")), state["rng"]))
-
-
-def _training_info(path: str) -> dict[str, Any]:
-    """What a checkpoint says of its own training (its `info`, without the full config), so that an export
-    started from it carries its lineage."""
-    _, _, meta = read_checkpoint(path)
-    info = json.loads(meta.get("info") or "{}")
-    info.pop("train_config", None)
-    return info
 
 
 @contextlib.contextmanager
