@@ -121,12 +121,19 @@ def clip_cost(args: argparse.Namespace, clips: int = 16) -> dict[str, float]:
     return cost
 
 
+def _size_text(text: str) -> str:
+    """A training size `WxH` checked as `llb train` checks it (multiples of 16), kept as text for its command."""
+    if parse_size(text) is None:
+        raise argparse.ArgumentTypeError("the training size must be given as WIDTHxHEIGHT, e.g. 224x128")
+    return text
+
+
 def add_bench_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--setup", action="append", choices=sorted(SETUPS), help="setups to time (repeatable; default all)")
     p.add_argument("--stage", choices=("synthetic", "video"), default="synthetic")
     p.add_argument("--variant", choices=("llb", "joint"), default="llb")
     p.add_argument("--init", default=None, help="checkpoint to start from (default: checkpoints/lite-VARIANT)")
-    p.add_argument("--size", default="224x128", help="training size WxH (the CPU campaign's)")
+    p.add_argument("--size", type=_size_text, default="224x128", help="training size WxH (the CPU campaign's)")
     p.add_argument("--batch", type=int, default=4, help="clips per step of one run")
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--warmup", type=int, default=2, help="first steps left out of the median")
