@@ -163,9 +163,30 @@ def lite_config(variant: str = "llb") -> ModelConfig:
 CONFIGS = {"paper": paper_config, "lite": lite_config}
 VARIANTS = ("llb", "joint")
 
+# The rows of the paper's Tables 3 and 4: (label input, label encoder, fusion). `dlgm` is the configuration's
+# learned label encoder (ViTAE-6M in `paper`, EfficientNet-Lite2 in `lite`); `cnn` is JOINT's mask CNN.
+ABLATIONS: dict[str, tuple[LabelInput, str, Fusion]] = {
+    "joint": ("mask", "cnn", "sum"),
+    "llb-1": ("bff", "dlgm", "sum"),
+    "llb-2": ("mask", "cnn", "afm"),
+    "llb-3": ("bff", "cnn", "afm"),
+    "llb-4": ("mask", "dlgm", "afm"),
+    "llb": ("bff", "dlgm", "afm"),
+}
+
 
 def get_config(name: str = "lite", variant: str = "llb") -> ModelConfig:
-    """Named configuration (`paper` or `lite`) with its `llb` or `joint` variant."""
+    """Named configuration (`paper` or `lite`) with its `llb` or `joint` variant, or one of the paper's ablation
+    rows (`llb-1` .. `llb-4`, ABLATIONS): the `llb` network with the row's label input, encoder and fusion."""
     if name not in CONFIGS:
         raise ValueError(f"unknown configuration {name!r}: choose one of {', '.join(CONFIGS)}")
-    return CONFIGS[name](variant)
+    if variant in VARIANTS:
+        return CONFIGS[name](variant)
+    if variant not in ABLATIONS:
+        raise ValueError(f"unknown variant {variant!r}: choose one of {', '.join(ABLATIONS)}")
+    label_input, encoder, fusion = ABLATIONS[variant]
+    cfg = CONFIGS[name]("llb")
+    cfg.variant, cfg.fusion, cfg.label.input = variant, fusion, label_input
+    if encoder == "cnn":
+        cfg.label.encoder = "cnn"
+    return cfg

@@ -1,24 +1,13 @@
 """The six variants of the paper's ablations, the two named configurations, and checkpoints."""
 
-import dataclasses
 import json
 
 import pytest
 import torch
 
 from llb.checkpoint import CheckpointError, load_model, read_checkpoint, save_checkpoint
-from llb.config import LabelConfig, ModelConfig, get_config, paper_config
+from llb.config import ABLATIONS, ModelConfig, get_config
 from llb.network import LLBNet
-
-# Tables 3 and 4 of the paper: (label input, label encoder, fusion)
-ABLATIONS = {
-    "JOINT": ("mask", "cnn", "sum"),
-    "LLB-1": ("bff", "transformer", "sum"),
-    "LLB-2": ("mask", "cnn", "afm"),
-    "LLB-3": ("bff", "cnn", "afm"),
-    "LLB-4": ("mask", "transformer", "afm"),
-    "LLB": ("bff", "transformer", "afm"),
-}
 
 
 def _small(cfg: ModelConfig) -> ModelConfig:
@@ -39,14 +28,18 @@ def _sequence(model: LLBNet, b=1, h=64, w=96, seed=0):
 @pytest.mark.parametrize("name", list(ABLATIONS))
 def test_each_ablation_builds_runs_forward_and_backward(name):
     label_input, encoder, fusion = ABLATIONS[name]
-    cfg = _small(
-        dataclasses.replace(paper_config("llb"), fusion=fusion, label=LabelConfig(input=label_input, encoder=encoder))
+    cfg = _small(get_config("paper", name))
+    assert (cfg.label.input, cfg.label.encoder, cfg.fusion) == (
+        label_input,
+        "transformer" if encoder == "dlgm" else encoder,
+        fusion,
     )
+    assert get_config("lite", name).label.encoder == ("efficientnet" if encoder == "dlgm" else encoder)
     torch.manual_seed(0)
     model = LLBNet(cfg).train()
     out = model(*_sequence(model))
     assert out.logits.shape == (2, 1, 1, 64, 96)
-    assert out.e1.shape == out.e2.shape == (3, 1, 32, 4, 6)
+    assert out.e1.shape == out.e2.shape == (3, 1, cfg.label.dim, 4, 6)
     assert torch.isfinite(out.logits).all()
     (out.logits.mean() + torch.nn.functional.cosine_similarity(out.e1, out.e2, dim=2).mean()).backward()
     grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}

@@ -27,6 +27,7 @@ from torch.utils.data import default_collate
 from llb.checkpoint import load_model, read_checkpoint
 from llb.cli import main as llb_main
 from llb.data import ClipDataset
+from llb.fusion import AdaptiveFusion
 from llb.training import (
     LossConfig,
     TrainConfig,
@@ -220,6 +221,17 @@ def test_cli_print_config(capsys: pytest.CaptureFixture[str]) -> None:
     cfg = json.loads(capsys.readouterr().out)
     assert cfg["stage"] == "video" and cfg["steps"] == 7 and cfg["loss"]["seg_weight"] == 50
     assert cfg["data"]["clip"]["size"] == [64, 96] and cfg["data"]["synthetic"]["size"] == [64, 96]
+
+
+def test_trains_an_ablation_row_of_the_paper() -> None:
+    cfg = TrainConfig(variant="llb-3", pretrained=False)  # BFF + JOINT's CNN + AFM (paper Table 3)
+    model, lineage = trainer_module.build_model(cfg)
+    assert lineage is None
+    assert (model.cfg.key, model.cfg.label.input, model.cfg.label.encoder) == ("lite-llb-3", "bff", "cnn")
+    assert isinstance(model.fusion, AdaptiveFusion)
+    assert parse("--variant", "llb-2").variant == "llb-2"
+    with pytest.raises(SystemExit):
+        parse("--variant", "llb-9")
 
 
 def test_refuses_the_validation_split(tmp_path: Path) -> None:

@@ -38,7 +38,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from llb.checkpoint import read_checkpoint, save_checkpoint
-from llb.config import CONFIGS, VARIANTS, get_config
+from llb.config import ABLATIONS, CONFIGS, get_config
 from llb.data import (
     ClipDataset,
     MixedClips,
@@ -555,7 +555,12 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         "--stage", choices=STAGES, default=None, help="synthetic (still images) or video (default synthetic)"
     )
     p.add_argument("--config", choices=sorted(CONFIGS), default=None, help="network configuration (default lite)")
-    p.add_argument("--variant", choices=VARIANTS, default=None, help="llb or the JOINT-style baseline (default llb)")
+    p.add_argument(
+        "--variant",
+        choices=ABLATIONS,
+        default=None,
+        help="llb, the JOINT-style baseline joint, or an ablation row of the paper (llb-1 .. llb-4; default llb)",
+    )
     p.add_argument("--steps", type=int, default=None, help="total optimiser steps (paper: 50K synthetic, 90K video)")
     p.add_argument(
         "--batch", type=int, default=None, help="clips per step and process (default 4; paper 32 over all processes)"
