@@ -1,7 +1,9 @@
 """Memory policy and search-region crop/paste."""
 
+import numpy as np
 import torch
 
+from llb.data import sampler
 from llb.inference.crop import CropConfig, crop, mask_box, paste, search_region, update_box
 from llb.inference.memory import MemoryBank, MemoryConfig, MemoryEntry
 
@@ -102,3 +104,21 @@ def test_official_schedule_preset():
     official = InferenceConfig.schedule("official", init_iters=7)
     assert (official.memory.policy, official.memory.interval, official.init_iters) == ("weighted", 3, 7)
     assert InferenceConfig.schedule("paper") == InferenceConfig()
+
+
+def test_training_crops_the_search_region_the_tracker_crops() -> None:
+    """The training sampler (numpy, float64) and the inference session (torch, float32) place the same box."""
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        h, w = (int(v) for v in rng.integers(40, 400, 2))
+        mask = np.zeros((h, w), bool)
+        y0, x0 = int(rng.integers(0, h - 10)), int(rng.integers(0, w - 10))
+        mask[y0 : y0 + int(rng.integers(2, h - y0)), x0 : x0 + int(rng.integers(2, w - x0))] = True
+        mask &= rng.random((h, w)) < 0.8
+        out_hw, scale = (int(rng.integers(64, 480)), int(rng.integers(64, 832))), float(rng.uniform(2, 6))
+        center, size = sampler.mask_box(mask)
+        trained = sampler.search_region(center, size, (h, w), out_hw, scale)
+        t_center, t_size = mask_box(torch.from_numpy(mask).float()[None])
+        tracked = search_region(t_center, t_size, (h, w), CropConfig(size=out_hw, scale=scale))[0]
+        assert np.allclose(trained, tracked.numpy(), atol=1e-2)
+    assert sampler.mask_box(np.zeros((8, 8), bool)) is None

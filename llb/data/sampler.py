@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from llb.inference import crop
 from llb.video.masks import overlay
 
 VOID = 255
@@ -156,36 +157,22 @@ def start_frames(annotated: Sequence[int], max_gap: int, later: int = 1) -> list
 
 
 def mask_box(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """Box of a binary mask (H, W) from its moments, as the tracker computes it: centre (x, y) = mean of the
-    pixel centres, size (w, h) = 4 x std (at least 1). None for an empty mask. Continuous coordinates."""
-    ys, xs = np.nonzero(mask)
-    if len(xs) == 0:
+    """Box of a binary mask (H, W) as the tracker computes it (llb.inference.crop.mask_box, in float64): centre
+    (x, y) and size (w, h) in continuous coordinates. None for an empty mask."""
+    if not mask.any():
         return None
-    pts = np.stack([xs, ys], axis=1).astype(np.float64) + 0.5
-    return pts.mean(axis=0), np.maximum(4 * pts.std(axis=0), 1.0)
+    center, size = crop.mask_box(torch.from_numpy(mask.astype(np.float64))[None])
+    return center[0].numpy(), size[0].numpy()
 
 
 def search_region(
     center: np.ndarray, size: np.ndarray, image_hw: tuple[int, int], out_hw: tuple[int, int], scale: float
 ) -> np.ndarray:
-    """Crop box (x0, y0, x1, y1) of `scale^2` times the box area with the output's aspect ratio, shrunk to fit
-    the image and shifted inside it (the inference crop's rules)."""
-    img_h, img_w = image_hw
-    out_h, out_w = out_hw
-    area = max(float(size[0] * size[1]), 1.0) * scale**2
-    crop_w = math.sqrt(area * out_w / out_h)
-    crop_h = crop_w * out_h / out_w
-    shrink = min(max(img_w / crop_w, img_h / crop_h), 1.0)
-    crop_w, crop_h = crop_w * shrink, crop_h * shrink
-    cx = _inside(float(center[0]), crop_w, img_w)
-    cy = _inside(float(center[1]), crop_h, img_h)
-    return np.array([cx - crop_w / 2, cy - crop_h / 2, cx + crop_w / 2, cy + crop_h / 2])
-
-
-def _inside(c: float, extent: float, limit: int) -> float:
-    if extent >= limit:
-        return limit / 2
-    return min(max(c, extent / 2), limit - extent / 2)
+    """Crop box (x0, y0, x1, y1) around a target box, by the inference crop's rules and code
+    (llb.inference.crop.search_region, in float64)."""
+    cfg = crop.CropConfig(size=out_hw, scale=scale)
+    as_row = [torch.as_tensor(np.asarray(v, np.float64))[None] for v in (center, size)]
+    return crop.search_region(*as_row, image_hw, cfg)[0].numpy()
 
 
 def jitter_box(

@@ -31,11 +31,12 @@ class CropConfig:
 
 
 def mask_box(probs: Tensor) -> tuple[Tensor, Tensor]:
-    """Target box from soft masks (K, H, W): centre (K, 2) as (x, y) and size (K, 2) as (w, h), 4 x std."""
+    """Target box from soft masks (K, H, W): centre (K, 2) as (x, y) and size (K, 2) as (w, h), 4 x std; in
+    float64 for float64 masks (the training sampler's), else float32."""
     h, w = probs.shape[-2:]
-    ys = torch.arange(h, device=probs.device, dtype=torch.float32) + 0.5
-    xs = torch.arange(w, device=probs.device, dtype=torch.float32) + 0.5
-    p = probs.float()
+    p = probs if probs.dtype == torch.float64 else probs.float()
+    ys = torch.arange(h, device=probs.device, dtype=p.dtype) + 0.5
+    xs = torch.arange(w, device=probs.device, dtype=p.dtype) + 0.5
     mass = p.sum(dim=(1, 2)).clamp_min(1e-6)
     px, py = p.sum(dim=1), p.sum(dim=2)  # (K, W), (K, H)
     cx, cy = (px * xs).sum(1) / mass, (py * ys).sum(1) / mass
