@@ -56,14 +56,8 @@ from llb.interactive.saliency import U2NetSaliency, find_u2netp
 from .click_data import CachedImage, Source, build_cache, cache_name, load_cached, training_sources
 from .config import MIB, _from_dict, apply_overrides, shared_data_dir
 from .monitor import CsvLog
-from .trainer import (
-    SHARD_HEADER_MARGIN,
-    _flatten_optimizer,
-    _seed_everything,
-    _unflatten_optimizer,
-    read_state,
-    replacing,
-)
+from .state import flatten_optimizer, read_state, replacing, seed_everything, unflatten_optimizer
+from .trainer import SHARD_HEADER_MARGIN
 
 STATE_FORMAT = "llb-clicks-train-state/1"
 LOG_FIELDS = ("step", "loss", "bce", "soft_iou", "iou", "lr", "grad_norm", "sec_per_step", "images")
@@ -250,7 +244,7 @@ class ClickTrainer:
     def __init__(self, cfg: ClickTrainConfig, paths: list[Path] | None = None) -> None:
         self.cfg = cfg
         torch.set_num_threads(cfg.threads)
-        _seed_everything(cfg.seed)
+        seed_everything(cfg.seed)
         self.model = ClickModel(cfg.model)
         self.optimizer = torch.optim.AdamW(self.model.head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         if cfg.init:
@@ -389,7 +383,7 @@ class ClickTrainer:
         """head (float32), optimiser state and state.json into `folder`, replaced atomically."""
         with replacing(folder) as tmp:
             save_click_checkpoint(self.model, tmp / "head.safetensors", trained=False, info=self.info(), half=False)
-            tensors, meta = _flatten_optimizer(self.optimizer.state_dict())
+            tensors, meta = flatten_optimizer(self.optimizer.state_dict())
             save_file(tensors, str(tmp / "optimizer.safetensors"))
             state = {
                 "format": STATE_FORMAT,
@@ -405,7 +399,7 @@ class ClickTrainer:
         _, tensors, _ = read_click_checkpoint(folder / "head.safetensors")
         self.model.head.load_state_dict(tensors, strict=True)
         self.optimizer.load_state_dict(
-            _unflatten_optimizer(load_file(str(folder / "optimizer.safetensors")), state["optimizer"])
+            unflatten_optimizer(load_file(str(folder / "optimizer.safetensors")), state["optimizer"])
         )
         self.step = int(state["step"])
         self.seconds = float(state.get("seconds", 0.0))

@@ -21,8 +21,6 @@ import contextlib
 import json
 import math
 import os
-import random
-import shutil
 import signal
 import time
 from collections.abc import Iterator, Sequence
@@ -30,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
@@ -55,6 +52,17 @@ from .config import MIB, STAGES, TrainConfig, apply_overrides, shared_data_dir, 
 from .distributed import SINGLE_PROCESS, Distributed, process_group
 from .loss import training_loss
 from .monitor import RunMonitor, plot_curves
+from .state import (
+    flatten_optimizer,
+    read_state,
+    replacing,
+    rng_from_tensors,
+    rng_state,
+    rng_to_tensors,
+    seed_everything,
+    set_rng_state,
+    unflatten_optimizer,
+)
 from .validation import Validator, make_validator, validation_sets
 
 # MKL picks its BLAS code path by memory alignment unless told otherwise, so the same step could round
@@ -63,6 +71,7 @@ from .validation import Validator, make_validator, validation_sets
 os.environ.setdefault("MKL_CBWR", "AUTO")
 
 STATE_FORMAT = "llb-train-state/1"
+WHAT = "an LLB training state"
 SHARD_HEADER_MARGIN = 1 << 19  # room for a shard's safetensors header (tensor index and metadata)
 
 # parameter groups: name prefix in LLBNet -> OptimConfig field
@@ -214,7 +223,7 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.out = Path(cfg.out)
-        _seed_everything(cfg.seed)
+        seed_everything(cfg.seed)
         model, self.init_info = build_model(cfg)
         self.model = model.to(self.device)
         if cfg.compile:
@@ -366,7 +375,7 @@ class Trainer:
         """Run every validator (eval mode; RNG states kept so training continues as without it)."""
         if not self.validators:
             return {}
-        rng = _rng_state()
+        rng = rng_state()
         self.model.eval()
         results: dict[str, float] = {}
         try:
@@ -374,7 +383,7 @@ class Trainer:
                 for validator in self.validators:
                     results.update(validator(self.model, self.step))
         finally:
-            _set_rng_state(rng)
+            set_rng_state(rng)
             self.set_train_mode()
         return results
 
@@ -417,9 +426,9 @@ class Trainer:
         folder = Path(folder)
         with replacing(folder) as tmp:
             save_checkpoint(self.model, tmp / "model.safetensors", trained=False, info=self.info())
-            opt_tensors, opt_meta = _flatten_optimizer(self.optimizer.state_dict())
+            opt_tensors, opt_meta = flatten_optimizer(self.optimizer.state_dict())
             save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-            rng_tensors, rng_meta = _rng_to_safetensors(_rng_state())
+            rng_tensors, rng_meta = rng_to_tensors(rng_state())
             save_file(rng_tensors, str(tmp / "rng.safetensors"))
             state = {
                 "format": STATE_FORMAT,
@@ -434,110 +443,16 @@ class Trainer:
     def load_state(self, folder: str | Path) -> None:
         """Continue from a resume state written by `save_state` (model, optimiser, step, RNG states)."""
         folder = Path(folder)
-        state = read_state(folder)
+        state = read_state(folder, STATE_FORMAT, WHAT)
         _, tensors, _ = read_checkpoint(folder / "model.safetensors")
         self.model.load_state_dict(tensors, strict=True)
-        opt = _unflatten_optimizer(load_file(str(folder / "optimizer.safetensors")), state["optimizer"])
+        opt = unflatten_optimizer(load_file(str(folder / "optimizer.safetensors")), state["optimizer"])
         for group, saved in zip(self.optimizer.param_groups, opt["param_groups"], strict=True):
             if group["name"] != saved["name"] or len(group["params"]) != len(saved["params"]):
                 raise ValueError(f"{folder}: optimizer groups do not match this run's ({group['name']})")
         self.optimizer.load_state_dict(opt)
         self.step = int(state["step"])
-        _set_rng_state(_rng_from_safetensors(load_file(str(folder / "rng.safetensors")), state["rng"]))
-
-
-@contextlib.contextmanager
-def replacing(folder: Path) -> Iterator[Path]:
-    """A fresh `<folder>.tmp` to write a state into; when the block ends without error it replaces `folder`, so
-    an interrupted save never leaves a half-written state where a resume would read it."""
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    yield tmp
-    old = folder.with_name(folder.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if folder.exists():
-        folder.rename(old)
-    tmp.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def read_state(folder: str | Path, fmt: str = STATE_FORMAT, what: str = "an LLB training state") -> dict[str, Any]:
-    """state.json of a resume folder (its config under "config"), checked to be of format `fmt`."""
-    path = Path(folder) / "state.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{folder} is not a resume folder (no state.json); pass RUN/last")
-    state = json.loads(path.read_text())
-    if state.get("format") != fmt:
-        raise ValueError(f"{path} is not {what} ({fmt})")
-    return state
-
-
-# ---- RNG and optimiser state as safetensors + JSON ------------------------------------------------------
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _rng_state() -> dict[str, Any]:
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
-    return {"torch": torch.get_rng_state(), "cuda": cuda, "numpy": np.random.get_state(), "python": random.getstate()}
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-
-
-def _rng_to_safetensors(state: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    tensors = {"torch": state["torch"], "numpy": torch.from_numpy(keys.astype(np.int64))}
-    tensors.update({f"cuda.{i}": s for i, s in enumerate(state["cuda"])})
-    version, internal, gauss = state["python"]
-    meta = {
-        "cuda": len(state["cuda"]),
-        "numpy": [name, int(pos), int(has_gauss), float(cached)],
-        "python": [version, list(internal), gauss],
-    }
-    return tensors, meta
-
-
-def _rng_from_safetensors(tensors: dict[str, Tensor], meta: dict[str, Any]) -> dict[str, Any]:
-    name, pos, has_gauss, cached = meta["numpy"]
-    version, internal, gauss = meta["python"]
-    return {
-        "torch": tensors["torch"],
-        "cuda": [tensors[f"cuda.{i}"] for i in range(meta["cuda"])],
-        "numpy": (name, tensors["numpy"].numpy().astype(np.uint32), pos, has_gauss, cached),
-        "python": (version, tuple(internal), gauss),
-    }
-
-
-def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Optimizer state_dict -> tensors `state.<param>.<key>` and JSON for the rest (no pickle)."""
-    tensors: dict[str, Tensor] = {}
-    scalars: dict[str, dict[str, Any]] = {}
-    for pid, entry in state["state"].items():
-        for key, value in entry.items():
-            if isinstance(value, Tensor):
-                tensors[f"state.{pid}.{key}"] = value.detach().cpu().contiguous()
-            else:
-                scalars.setdefault(str(pid), {})[key] = value
-    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
-
-
-def _unflatten_optimizer(tensors: dict[str, Tensor], meta: dict[str, Any]) -> dict[str, Any]:
-    state: dict[int, dict[str, Any]] = {}
-    for name, value in tensors.items():
-        _, pid, key = name.split(".", 2)
-        state.setdefault(int(pid), {})[key] = value
-    for pid, entry in meta["scalars"].items():
-        state.setdefault(int(pid), {}).update(entry)
-    return {"state": state, "param_groups": meta["param_groups"]}
+        set_rng_state(rng_from_tensors(load_file(str(folder / "rng.safetensors")), state["rng"]))
 
 
 # ---- command line ---------------------------------------------------------------------------------------
@@ -622,7 +537,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The run's config: the stage preset (or the resumed run's), then the given options, then --set."""
     if args.resume:
-        cfg = TrainConfig.from_dict(read_state(args.resume)["config"])
+        cfg = TrainConfig.from_dict(read_state(args.resume, STATE_FORMAT, WHAT)["config"])
         if args.stage and args.stage != cfg.stage:
             raise ValueError(f"--resume {args.resume} is a {cfg.stage} run; use --init to start a new stage")
     else:
