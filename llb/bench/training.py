@@ -25,7 +25,7 @@ import numpy as np
 
 from ..options import parse_size
 from ..training.config import TrainConfig
-from ..training.trainer import build_dataset
+from ..training.trainer import build_dataset, training_size
 from .report import write_json
 
 
@@ -122,9 +122,8 @@ def clip_cost(args: argparse.Namespace, clips: int = 16) -> dict[str, float]:
 
 
 def _size_text(text: str) -> str:
-    """A training size `WxH` checked as `llb train` checks it (multiples of 16), kept as text for its command."""
-    if parse_size(text) is None:
-        raise argparse.ArgumentTypeError("the training size must be given as WIDTHxHEIGHT, e.g. 224x128")
+    """A training size `WxH` checked as `llb train` checks it, kept as text for the runs' command lines."""
+    training_size(text)
     return text
 
 

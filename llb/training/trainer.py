@@ -456,7 +456,7 @@ class Trainer:
 
 
 # ---- command line ---------------------------------------------------------------------------------------
-def _size(text: str) -> tuple[int, int]:
+def training_size(text: str) -> tuple[int, int]:
     """`WxH` -> (H, W), multiples of 16 (no `auto`: a run has one training size)."""
     size = parse_size(text)
     if size is None:
@@ -480,7 +480,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--batch", type=int, default=None, help="clips per step and process (default 4; paper 32 over all processes)"
     )
-    p.add_argument("--size", type=_size, default=None, help="training crop WxH, multiples of 16 (default 432x240)")
+    p.add_argument(
+        "--size", type=training_size, default=None, help="training crop WxH, multiples of 16 (default 432x240)"
+    )
     p.add_argument("--frames", type=int, default=None, help="frames per clip Q (default 4)")
     p.add_argument("--max-gap", type=int, default=None, help="the clip's frames lie within this many frames")
     p.add_argument("--out", default=None, help="run folder: config.json, logs, tb/, curves.png, last/, the export")
@@ -494,7 +496,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="DAVIS-format root validated on as one set (repeatable); the held-out training sequences are a set too",
     )
-    p.add_argument("--val-size", type=_size, default=None, help="validation processing size WxH (engine default)")
+    p.add_argument(
+        "--val-size", type=training_size, default=None, help="validation processing size WxH (engine default)"
+    )
     p.add_argument("--val-every", type=int, default=None, help="steps between validations (0: none)")
     p.add_argument("--val-max-frames", type=int, default=None, help="validate on each sequence's first frames")
     p.add_argument("--save-every", type=int, default=None, help="steps between resume states (default 500)")
