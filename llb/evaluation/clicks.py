@@ -27,8 +27,8 @@ from typing import Any, Protocol
 
 import cv2
 import numpy as np
-from PIL import Image
 
+from llb.data.layout import FRAME_SUFFIXES, Layout, frame_files, label_files, read_labels
 from llb.data.sampler import read_rgb
 from llb.interactive.base import Click
 
@@ -165,15 +165,6 @@ def summarize(results: Sequence[FrameResult]) -> dict[str, Any]:
 
 
 # ---- data -----------------------------------------------------------------------------------------------
-def _read_ids(path: Path) -> np.ndarray:
-    """A mask PNG as ids: palette indices as stored; a grey mask -> 0/1 (threshold 128)."""
-    with Image.open(path) as im:
-        if im.mode == "P":
-            return np.array(im)
-        grey = np.array(im.convert("L"))
-    return (grey >= 128).astype(np.uint8)
-
-
 def _objects(image: np.ndarray, ids: np.ndarray, name: str) -> Iterator[Sample]:
     """One sample per object id of a label map (void 255 kept out of the IoU)."""
     if ids.shape != image.shape[:2]:
@@ -187,20 +178,13 @@ def _objects(image: np.ndarray, ids: np.ndarray, name: str) -> Iterator[Sample]:
 def davis_first_frames(root: str | Path) -> list[Sample]:
     """The first frame of each sequence of a DAVIS-format root (JPEGImages[/480p], Annotations[/480p]), one
     sample per object of its first annotation."""
-    root = Path(root)
-    images, annotations = root / "JPEGImages", root / "Annotations"
-    if not images.is_dir() or not annotations.is_dir():
-        raise FileNotFoundError(f"{root} is not a DAVIS-format root: expected JPEGImages/ and Annotations/")
-    images = images / "480p" if (images / "480p").is_dir() else images
-    annotations = annotations / "480p" if (annotations / "480p").is_dir() else annotations
     samples: list[Sample] = []
-    for seq in sorted(p for p in annotations.iterdir() if p.is_dir()):
-        masks = sorted(seq.glob("*.png"))
-        frames = sorted(p for p in (images / seq.name).glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    for seq in Layout.find(root).sequences():
+        masks, frames = label_files(seq.annotations), frame_files(seq.frames)
         if not masks or not frames:
             continue
         frame = next((f for f in frames if f.stem == masks[0].stem), frames[0])
-        samples += _objects(read_rgb(frame), _read_ids(masks[0]), seq.name)
+        samples += _objects(read_rgb(frame), read_labels(masks[0], "binary"), seq.name)
     if not samples:
         raise FileNotFoundError(f"{root} holds no sequence with an annotated first frame")
     return samples
@@ -212,8 +196,8 @@ def folder_samples(images: str | Path, masks: str | Path) -> list[Sample]:
     samples: list[Sample] = []
     for path in sorted(Path(images).iterdir()):
         mask = masks / f"{path.stem}.png"
-        if path.suffix.lower() in (".jpg", ".jpeg", ".png") and mask.is_file():
-            samples += _objects(read_rgb(path), _read_ids(mask), path.stem)
+        if path.suffix.lower() in FRAME_SUFFIXES and mask.is_file():
+            samples += _objects(read_rgb(path), read_labels(mask, "binary"), path.stem)
     if not samples:
         raise FileNotFoundError(f"no image in {images} has a mask of the same name in {masks}")
     return samples

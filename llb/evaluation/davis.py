@@ -26,9 +26,9 @@ from typing import Any
 
 import cv2
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
+from llb.data.layout import DavisSequence, Layout, label_files, read_labels, read_names
 from llb.evaluation.metrics import Statistics, frame_scores, statistics
 from llb.inference.session import Segmenter
 from llb.options import UNTRAINED, add_model_args, build_segmenter
@@ -37,40 +37,6 @@ from llb.video.io import VideoWriter, iter_frames, probe
 from llb.video.masks import VOID, davis_palette, load_mask, overlay, save_palette_png
 
 MEASURES = ("J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay")
-RESOLUTION = "480p"  # the official layout's subfolder; the benchmark is scored at 480p
-
-
-@dataclass(frozen=True)
-class DavisSequence:
-    """One sequence of a DAVIS-format root: its frame folder and its annotation folder."""
-
-    name: str
-    frames: Path
-    annotations: Path
-
-
-def _resolution_dir(folder: Path) -> Path:
-    """`folder/480p` in the official layout, else `folder` itself (flat layout)."""
-    return folder / RESOLUTION if (folder / RESOLUTION).is_dir() else folder
-
-
-def _split_names(root: Path, split: str | None, annotations: Path) -> list[str]:
-    """Sequence names of `split`: a list file, or ImageSets/[2017/]<split>.txt; without one, every sequence."""
-    if split is not None and Path(split).is_file():
-        listing: Path | None = Path(split)
-    else:
-        name = split or "val"
-        candidates = [root / "ImageSets" / f"{name}.txt", root / "ImageSets" / "2017" / f"{name}.txt"]
-        listing = next((p for p in candidates if p.is_file()), None)
-        if listing is None and split is not None:
-            raise FileNotFoundError(
-                f"no split {split!r}: neither a file nor ImageSets/{split}.txt under {root}; pass --split FILE "
-                "(one sequence name a line) or leave --split out to evaluate every sequence"
-            )
-    if listing is None:
-        return sorted(p.name for p in annotations.iterdir() if p.is_dir() and not p.name.startswith("."))
-    names = [line.split()[0] for line in listing.read_text().splitlines() if line.strip()]
-    return list(dict.fromkeys(names))
 
 
 def davis_sequences(root: str | os.PathLike[str], split: str | None = None) -> list[DavisSequence]:
@@ -78,40 +44,27 @@ def davis_sequences(root: str | os.PathLike[str], split: str | None = None) -> l
 
     `split` is a list file or a name under ImageSets (default: `val` where listed, else every sequence).
     """
-    root = Path(root)
-    frames, annotations = _resolution_dir(root / "JPEGImages"), _resolution_dir(root / "Annotations")
-    for folder in (frames, annotations):
-        if not folder.is_dir():
+    layout = Layout.find(root)
+    if split is not None and Path(split).is_file():
+        listing: Path | None = Path(split)
+    else:
+        listing = layout.split_file(split or "val")
+        if listing is None and split is not None:
             raise FileNotFoundError(
-                f"{folder} is missing: a DAVIS root holds JPEGImages/<seq>/ (or JPEGImages/480p/<seq>/) and "
-                "Annotations/<seq>/ with palette PNGs"
+                f"no split {split!r}: neither a file nor ImageSets/{split}.txt under {root}; pass --split FILE "
+                "(one sequence name a line) or leave --split out to evaluate every sequence"
             )
-    sequences = []
-    for name in _split_names(root, split, annotations):
-        seq = DavisSequence(name, frames / name, annotations / name)
-        missing = [p for p in (seq.frames, seq.annotations) if not p.is_dir()]
-        if missing:
-            raise FileNotFoundError(f"sequence {name!r} of the split has no folder {missing[0]}")
-        sequences.append(seq)
+    sequences = layout.sequences(None if listing is None else read_names(listing))
     if not sequences:
         raise ValueError(f"no sequences to evaluate under {root}")
     return sequences
 
 
 def read_indexed(path: Path) -> np.ndarray:
-    """The index map of a mask PNG as the official tool reads it (palette indices or grey values), uint8."""
-    try:
-        with Image.open(path) as image:
-            if image.mode not in ("P", "L", "1"):
-                raise ValueError(
-                    f"{path} is a {image.mode} image; masks must be indexed PNGs (palette or grey, one index per "
-                    "object), as DAVIS annotations are"
-                )
-            return np.array(image, dtype=np.uint8)
-    except FileNotFoundError:
-        raise FileNotFoundError(
-            f"{path} is missing: every annotated frame needs a predicted mask of the same name"
-        ) from None
+    """The index map of a predicted mask PNG as the official tool reads it (palette indices or grey values)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: every annotated frame needs a predicted mask of the same name")
+    return read_labels(path, "indexed")
 
 
 @dataclass
@@ -139,7 +92,7 @@ class SequenceScores:
 
 def _annotated(seq: DavisSequence, max_frames: int | None) -> list[Path]:
     """The sequence's annotation files in name order, those of its first `max_frames` frames with the option."""
-    files = sorted(p for p in seq.annotations.iterdir() if p.suffix.lower() == ".png")
+    files = label_files(seq.annotations)
     if max_frames is not None:
         keep = set(probe(seq.frames).frame_names[:max_frames])
         files = [p for p in files if p.stem in keep]
@@ -154,7 +107,7 @@ def _annotated(seq: DavisSequence, max_frames: int | None) -> list[Path]:
 def score_sequence(seq: DavisSequence, predictions: Path, max_frames: int | None = None) -> SequenceScores:
     """J and F per object and annotated frame of the masks `predictions/<frame>.png` against the ground truth."""
     files = _annotated(seq, max_frames)
-    first = read_indexed(files[0])
+    first = read_labels(files[0], "indexed")
     first[first == VOID] = 0
     count = int(first.max())
     if count == 0:
@@ -163,7 +116,7 @@ def score_sequence(seq: DavisSequence, predictions: Path, max_frames: int | None
     j = np.empty((count, len(files)))
     f = np.empty((count, len(files)))
     for t, gt_path in enumerate(files):
-        gt = read_indexed(gt_path)
+        gt = read_labels(gt_path, "indexed")
         gt[gt == VOID] = 0
         pred = read_indexed(predictions / gt_path.name)
         if pred.shape != gt.shape:
@@ -279,7 +232,7 @@ def segment_sequence(
 
     Returns the number of masks written. `out` is emptied first so that no mask of an earlier run stays.
     """
-    first = sorted(p for p in seq.annotations.iterdir() if p.suffix.lower() == ".png")[0]
+    first = label_files(seq.annotations)[0]
     names = probe(seq.frames).frame_names
     if first.stem not in names:
         raise FileNotFoundError(f"{seq.name}: the first annotation {first.name} has no frame in {seq.frames}")

@@ -19,45 +19,33 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from llb.evaluation.davis import fingerprint, load_cache, read_indexed, save_cache, segmenter, write_overlay
+from llb.data.layout import DavisSequence, Layout, label_files, read_labels
+from llb.evaluation.davis import fingerprint, load_cache, save_cache, segmenter, write_overlay
 from llb.inference.session import Segmenter
 from llb.video.io import probe
 from llb.video.masks import VOID, object_ids, save_palette_png
 
 
-def split_dir(root: str | os.PathLike[str]) -> Path:
-    """The folder holding JPEGImages/ and Annotations/: `root` itself, or its `valid/` (the release layout)."""
-    root = Path(root)
-    for folder in (root, root / "valid"):
-        if (folder / "JPEGImages").is_dir() and (folder / "Annotations").is_dir():
-            return folder
-    raise FileNotFoundError(
-        f"{root} holds no JPEGImages/ and Annotations/ (nor valid/ with them): pass the YouTube-VOS split folder"
-    )
-
-
-def video_names(folder: Path) -> list[str]:
-    """Videos with annotations, in name order; each must have its frame folder."""
-    names = sorted(p.name for p in (folder / "Annotations").iterdir() if p.is_dir() and not p.name.startswith("."))
-    missing = [n for n in names if not (folder / "JPEGImages" / n).is_dir()]
-    if missing:
-        raise FileNotFoundError(f"videos without frames in {folder / 'JPEGImages'}: {', '.join(missing[:5])}")
-    if not names:
-        raise ValueError(f"no videos under {folder / 'Annotations'}")
-    return names
+def video_folders(root: str | os.PathLike[str]) -> list[DavisSequence]:
+    """The annotated videos of a YouTube-VOS split folder (or of its `valid/`, the release layout), in name
+    order; each must have its frame folder."""
+    videos = Layout.find(root, ("valid",)).sequences()
+    if not videos:
+        raise ValueError(f"no videos with annotations under {root}")
+    return videos
 
 
 def first_masks(annotations: Path, frame_names: tuple[str, ...]) -> dict[int, np.ndarray]:
     """Label maps per frame index holding only the objects that appear there for the first time."""
     index = {name: i for i, name in enumerate(frame_names)}
-    files = sorted(p for p in annotations.iterdir() if p.suffix.lower() == ".png")
+    files = label_files(annotations)
     for path in files:
         if path.stem not in index:
             raise FileNotFoundError(f"the annotation {path} has no frame of that name")
     seen: set[int] = set()
     prompts = {}
     for path in sorted(files, key=lambda p: index[p.stem]):
-        labels = read_indexed(path)
+        labels = read_labels(path, "indexed")
         labels[labels == VOID] = 0
         labels[np.isin(labels, list(seen))] = 0
         ids = object_ids(labels)
@@ -118,22 +106,22 @@ def write_zip(annotations: Path, videos: list[str], path: Path) -> int:
 
 def run_ytvos(args: argparse.Namespace) -> int:
     """Segment every video of the split and write the submission zip (masks kept in --out or beside the zip)."""
-    folder = split_dir(args.ytvos_root)
-    names = video_names(folder)
+    videos = video_folders(args.ytvos_root)
+    names = [video.name for video in videos]
     submission = Path(args.submission)
     out = Path(args.out) if args.out else submission.with_suffix("")
     seg, warning = segmenter(args)
     key = fingerprint(seg, args.checkpoint, args.max_frames)
     cached = 0
-    for name in tqdm(names, desc="YouTube-VOS", unit="video", disable=args.quiet):
-        frames, masks = folder / "JPEGImages" / name, out / "Annotations" / name
-        cache_path = out / "cache" / f"{name}.json"
+    for video in tqdm(videos, desc="YouTube-VOS", unit="video", disable=args.quiet):
+        masks = out / "Annotations" / video.name
+        cache_path = out / "cache" / f"{video.name}.json"
         if masks.is_dir() and load_cache(cache_path, key) is not None:
             cached += 1
             continue
-        count = segment_video(seg, frames, folder / "Annotations" / name, masks, args.max_frames, args.quiet)
+        count = segment_video(seg, video.frames, video.annotations, masks, args.max_frames, args.quiet)
         if args.save_overlays:
-            write_overlay(frames, masks, out / "overlays" / f"{name}.mp4", warning)
+            write_overlay(video.frames, masks, out / "overlays" / f"{video.name}.mp4", warning)
         save_cache(cache_path, key, {"masks": count})
     count = write_zip(out / "Annotations", names, submission)
     if cached:
