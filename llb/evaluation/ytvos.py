@@ -1,4 +1,4 @@
-"""`llb eval --ytvos-root`: a YouTube-VOS submission zip, `Annotations/<video>/<frame>.png` for every frame.
+"""A YouTube-VOS submission zip (`llb eval --ytvos-root`), `Annotations/<video>/<frame>.png` for every frame.
 
 YouTube-VOS gives each object's mask on the frame where it first appears, which may be a later frame: an
 annotation file introduces the objects it holds that were not given before (ids already given are left out
@@ -9,18 +9,18 @@ benchmark's server scores the zip. Finished videos are cached like DAVIS sequenc
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
-import sys
 import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from llb.data.layout import DavisSequence, Layout, label_files, read_labels
-from llb.evaluation.davis import fingerprint, load_cache, save_cache, segmenter, write_overlay
+from llb.evaluation.davis import load_cache, save_cache, write_overlay
 from llb.inference.session import Segmenter
 from llb.video.io import probe
 from llb.video.masks import VOID, object_ids, save_palette_png
@@ -104,29 +104,45 @@ def write_zip(annotations: Path, videos: list[str], path: Path) -> int:
     return len(files)
 
 
-def run_ytvos(args: argparse.Namespace) -> int:
-    """Segment every video of the split and write the submission zip (masks kept in --out or beside the zip)."""
-    videos = video_folders(args.ytvos_root)
-    names = [video.name for video in videos]
-    submission = Path(args.submission)
-    out = Path(args.out) if args.out else submission.with_suffix("")
-    seg, warning = segmenter(args)
-    key = fingerprint(seg, args.checkpoint, args.max_frames)
+@dataclass
+class Submission:
+    """What `submit_ytvos` wrote: the masks in the zip, the videos, and how many came from the cache."""
+
+    masks: int
+    videos: int
+    cached: int = 0
+
+
+def submit_ytvos(
+    segmenter: Segmenter,
+    videos: Sequence[DavisSequence],
+    submission: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    max_frames: int | None = None,
+    cache_key: str | None = None,
+    overlays: bool = False,
+    warning: str | None = None,
+    quiet: bool = True,
+) -> Submission:
+    """Segment every video (masks to `out/Annotations/<video>/`) and zip them as the submission file.
+
+    With a `cache_key` (`fingerprint` of the run's settings) finished videos are cached in `out/cache/` and
+    not tracked again; with `overlays` an H.264 overlay per video goes to `out/overlays/` (stamped with
+    `warning`).
+    """
+    out = Path(out)
     cached = 0
-    for video in tqdm(videos, desc="YouTube-VOS", unit="video", disable=args.quiet):
+    for video in tqdm(videos, desc="YouTube-VOS", unit="video", disable=quiet):
         masks = out / "Annotations" / video.name
         cache_path = out / "cache" / f"{video.name}.json"
-        if masks.is_dir() and load_cache(cache_path, key) is not None:
+        if cache_key is not None and masks.is_dir() and load_cache(cache_path, cache_key) is not None:
             cached += 1
             continue
-        count = segment_video(seg, video.frames, video.annotations, masks, args.max_frames, args.quiet)
-        if args.save_overlays:
+        count = segment_video(segmenter, video.frames, video.annotations, masks, max_frames, quiet)
+        if overlays:
             write_overlay(video.frames, masks, out / "overlays" / f"{video.name}.mp4", warning)
-        save_cache(cache_path, key, {"masks": count})
-    count = write_zip(out / "Annotations", names, submission)
-    if cached:
-        print(f"{cached} of {len(names)} video(s) came from the cache in {out / 'cache'}")
-    print(f"wrote {count} masks of {len(names)} videos to {submission} (masks also in {out / 'Annotations'})")
-    if warning:
-        print(f"WARNING: {warning}: do not submit these masks as a result", file=sys.stderr)
-    return 0
+        if cache_key is not None:
+            save_cache(cache_path, cache_key, {"masks": count})
+    count = write_zip(out / "Annotations", [video.name for video in videos], Path(submission))
+    return Submission(count, len(videos), cached)
