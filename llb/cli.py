@@ -13,13 +13,13 @@ from .bench import add_bench_arguments, run_bench
 from .bench.clicks import add_bench_clicks_arguments, run_bench_clicks
 from .bench.training import add_bench_train_arguments, run_bench_train
 from .checkpoint import CheckpointError
-from .evaluation.clicks import add_eval_clicks_arguments, run_eval_clicks
-from .evaluation.davis import add_eval_arguments, run_eval
+from .commands.eval import add_eval_arguments, run_eval
+from .commands.eval_clicks import add_eval_clicks_arguments, run_eval_clicks
+from .commands.train import add_train_arguments, run_train
+from .commands.train_clicks import add_train_clicks_arguments, run_train_clicks
 from .official import add_import_arguments, run_import
 from .options import UNTRAINED, add_model_args, build_segmenter
 from .parity import add_check_arguments, run_check
-from .training.clicks import add_train_clicks_arguments, run_train_clicks
-from .training.trainer import add_train_arguments, run_train
 from .video.export import ResultWriter
 from .video.io import VideoError, probe
 from .video.masks import load_mask

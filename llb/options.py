@@ -28,6 +28,14 @@ def parse_size(text: str) -> tuple[int, int] | None:
     return h, w
 
 
+def training_size(text: str) -> tuple[int, int]:
+    """`WxH` -> (H, W), multiples of 16 (no `auto`: a training run has one training size)."""
+    size = parse_size(text)
+    if size is None:
+        raise argparse.ArgumentTypeError("the training size must be given as WIDTHxHEIGHT, e.g. 432x240")
+    return size
+
+
 def parse_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

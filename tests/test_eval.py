@@ -14,8 +14,9 @@ import torch
 from PIL import Image
 
 from llb.checkpoint import save_checkpoint
+from llb.commands.eval import add_eval_arguments, run_eval
 from llb.config import get_config
-from llb.evaluation.davis import add_eval_arguments, davis_sequences, run_eval
+from llb.evaluation.davis import davis_sequences
 from llb.evaluation.metrics import statistics
 from llb.evaluation.ytvos import first_masks
 from llb.network import LLBNet

@@ -26,18 +26,17 @@ from torch.utils.data import default_collate
 
 from llb.checkpoint import load_model, read_checkpoint
 from llb.cli import main as llb_main
+from llb.commands.train import add_train_arguments, run_train
 from llb.data import ClipDataset
 from llb.fusion import AdaptiveFusion
 from llb.training import (
     LossConfig,
     TrainConfig,
     Trainer,
-    add_train_arguments,
     apply_overrides,
     cosine_similarity_loss,
     lovasz_hinge,
     lovasz_sigmoid,
-    run_train,
     stage_config,
 )
 from llb.training import trainer as trainer_module

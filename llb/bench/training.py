@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..options import parse_size
+from ..options import parse_size, training_size
 from ..training.config import TrainConfig
-from ..training.trainer import build_dataset, training_size
+from ..training.trainer import build_dataset
 from .report import write_json
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .layout import Layout, frame_files, read_labels, read_names
 from .sampler import (
     ClipConfig,
     ClipDataset,
@@ -27,7 +28,6 @@ from .sampler import (
     jitter_box,
     mask_box,
     present_objects,
-    read_labels,
     read_rgb,
     sample_later_frames,
     scale_brightness,
@@ -73,7 +73,6 @@ DAVIS2017_VAL = frozenset(
         "soapbox",
     }
 )
-TRAIN_LISTS = ("ImageSets/2017/train.txt", "ImageSets/2016/train.txt", "ImageSets/train.txt")
 
 
 @dataclass
@@ -101,40 +100,22 @@ def check_training_root(root: str | Path) -> Path:
     return root
 
 
-def _layout(root: Path) -> tuple[Path, Path, Path]:
-    """(base, images folder, annotations folder) for a DAVIS, DAVIS-480p or YouTube-VOS root."""
-    base = root / "train" if not (root / "JPEGImages").is_dir() and (root / "train" / "JPEGImages").is_dir() else root
-    images, annotations = base / "JPEGImages", base / "Annotations"
-    if not images.is_dir() or not annotations.is_dir():
-        raise FileNotFoundError(f"{root} is not a video dataset: expected JPEGImages/ and Annotations/ in it")
-    if (images / "480p").is_dir():
-        images = images / "480p"
-    if (annotations / "480p").is_dir():
-        annotations = annotations / "480p"
-    return base, images, annotations
-
-
 def scan_video_root(root: str | Path, exclude: Sequence[str] = ()) -> list[VideoSequence]:
     """The training sequences of a root with at least two annotated frames, but those named in `exclude`
     (see the module docstring)."""
     root = check_training_root(root)
-    base, images, annotations = _layout(root)
-    listed = next((base / p for p in TRAIN_LISTS if (base / p).is_file()), None)
-    if listed is not None:
-        names = [n.strip() for n in listed.read_text().split() if n.strip()]
-    else:
-        names = sorted(p.name for p in images.iterdir() if p.is_dir())
+    layout = Layout.find(root, ("train",))
+    listed = layout.split_file("train")
+    names = read_names(listed) if listed is not None else layout.names()
     sequences = []
-    for name in names:
-        if name in DAVIS2017_VAL or name in exclude:
-            continue
-        frames = sorted(p for p in (images / name).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    for folders in layout.sequences([n for n in names if n not in DAVIS2017_VAL and n not in exclude]):
+        frames = frame_files(folders.frames)
         stems = [p.stem for p in frames]
         numbers = [int(s) for s in stems] if all(s.isdigit() for s in stems) else list(range(len(frames)))
-        ann = {i: annotations / name / f"{s}.png" for i, s in enumerate(stems)}
+        ann = {i: folders.annotations / f"{s}.png" for i, s in enumerate(stems)}
         ann = {i: p for i, p in ann.items() if p.is_file()}
         if len(ann) >= 2:
-            sequences.append(VideoSequence(name, frames, numbers, ann))
+            sequences.append(VideoSequence(folders.name, frames, numbers, ann))
     if not sequences:
         raise ValueError(f"{root} holds no training sequence with two annotated frames (DAVIS 2017 val excluded)")
     return sequences

@@ -21,7 +21,6 @@ from typing import Literal
 import cv2
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from llb.inference import crop
@@ -109,19 +108,6 @@ def read_rgb(path: Path) -> np.ndarray:
     if image is None:
         raise FileNotFoundError(f"cannot read image {path}")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
-def read_labels(path: Path) -> np.ndarray:
-    """A label PNG as (H, W) uint8 ids: palette indices as stored (255 = void); a grey 0/255 mask -> 0/1;
-    other grey maps (instance id maps) as stored."""
-    with Image.open(path) as image:
-        if image.mode == "P":
-            return np.array(image)
-        grey = np.array(image.convert("L"))
-    values = np.unique(grey)
-    if values.max(initial=0) > 127 and np.isin(values, (0, 255)).all():
-        return (grey >= 128).astype(np.uint8)
-    return grey
 
 
 def present_objects(labels: np.ndarray, min_pixels: float) -> list[int]:

@@ -23,7 +23,8 @@ import cv2
 import numpy as np
 
 from .davis import VideoSequence, scan_video_root
-from .sampler import AugmentConfig, ClipDataset, present_objects, read_labels, read_rgb, to_gray
+from .layout import read_labels
+from .sampler import AugmentConfig, ClipDataset, present_objects, read_rgb, to_gray
 
 
 @dataclass

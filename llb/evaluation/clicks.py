@@ -1,4 +1,4 @@
-"""`llb eval-clicks`: the standard click protocol of interactive segmentation (RITM, Sofiiuk et al. 2022, and
+"""The standard click protocol of interactive segmentation (RITM, Sofiiuk et al. 2022, and
 the click-model papers before it), run on one frame per object.
 
 Protocol. Click 1 is positive, at the object pixel farthest from the object's boundary (the image edge counts
@@ -17,8 +17,6 @@ Training imports `next_click` for its simulated clicks, so clicks are placed the
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -27,8 +25,8 @@ from typing import Any, Protocol
 
 import cv2
 import numpy as np
-from PIL import Image
 
+from llb.data.layout import FRAME_SUFFIXES, Layout, frame_files, label_files, read_labels
 from llb.data.sampler import read_rgb
 from llb.interactive.base import Click
 
@@ -165,15 +163,6 @@ def summarize(results: Sequence[FrameResult]) -> dict[str, Any]:
 
 
 # ---- data -----------------------------------------------------------------------------------------------
-def _read_ids(path: Path) -> np.ndarray:
-    """A mask PNG as ids: palette indices as stored; a grey mask -> 0/1 (threshold 128)."""
-    with Image.open(path) as im:
-        if im.mode == "P":
-            return np.array(im)
-        grey = np.array(im.convert("L"))
-    return (grey >= 128).astype(np.uint8)
-
-
 def _objects(image: np.ndarray, ids: np.ndarray, name: str) -> Iterator[Sample]:
     """One sample per object id of a label map (void 255 kept out of the IoU)."""
     if ids.shape != image.shape[:2]:
@@ -187,20 +176,13 @@ def _objects(image: np.ndarray, ids: np.ndarray, name: str) -> Iterator[Sample]:
 def davis_first_frames(root: str | Path) -> list[Sample]:
     """The first frame of each sequence of a DAVIS-format root (JPEGImages[/480p], Annotations[/480p]), one
     sample per object of its first annotation."""
-    root = Path(root)
-    images, annotations = root / "JPEGImages", root / "Annotations"
-    if not images.is_dir() or not annotations.is_dir():
-        raise FileNotFoundError(f"{root} is not a DAVIS-format root: expected JPEGImages/ and Annotations/")
-    images = images / "480p" if (images / "480p").is_dir() else images
-    annotations = annotations / "480p" if (annotations / "480p").is_dir() else annotations
     samples: list[Sample] = []
-    for seq in sorted(p for p in annotations.iterdir() if p.is_dir()):
-        masks = sorted(seq.glob("*.png"))
-        frames = sorted(p for p in (images / seq.name).glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    for seq in Layout.find(root).sequences():
+        masks, frames = label_files(seq.annotations), frame_files(seq.frames)
         if not masks or not frames:
             continue
         frame = next((f for f in frames if f.stem == masks[0].stem), frames[0])
-        samples += _objects(read_rgb(frame), _read_ids(masks[0]), seq.name)
+        samples += _objects(read_rgb(frame), read_labels(masks[0], "binary"), seq.name)
     if not samples:
         raise FileNotFoundError(f"{root} holds no sequence with an annotated first frame")
     return samples
@@ -212,8 +194,8 @@ def folder_samples(images: str | Path, masks: str | Path) -> list[Sample]:
     samples: list[Sample] = []
     for path in sorted(Path(images).iterdir()):
         mask = masks / f"{path.stem}.png"
-        if path.suffix.lower() in (".jpg", ".jpeg", ".png") and mask.is_file():
-            samples += _objects(read_rgb(path), _read_ids(mask), path.stem)
+        if path.suffix.lower() in FRAME_SUFFIXES and mask.is_file():
+            samples += _objects(read_rgb(path), read_labels(mask, "binary"), path.stem)
     if not samples:
         raise FileNotFoundError(f"no image in {images} has a mask of the same name in {masks}")
     return samples
@@ -288,7 +270,7 @@ def table(report: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-# ---- command line ---------------------------------------------------------------------------------------
+# ---- methods --------------------------------------------------------------------------------------------
 METHODS = ("model", "fallback", "grabcut")
 
 
@@ -311,41 +293,3 @@ def build_methods(names: Sequence[str], checkpoint: str | None = None) -> dict[s
         else:
             raise ValueError(f"unknown method {name!r}: choose from {', '.join(METHODS)}")
     return methods
-
-
-def add_eval_clicks_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--davis-root", action="append", default=[], help="DAVIS-format root: first frames (repeatable)")
-    p.add_argument("--images", default=None, help="a folder of images (with --masks)")
-    p.add_argument("--masks", default=None, help="mask PNGs named as the images")
-    p.add_argument("--out", required=True, help="folder for results.json, results.md and iou_clicks.png")
-    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {','.join(METHODS)}")
-    p.add_argument("--checkpoint", default=None, help="click model checkpoint (default: the shipped lite-clicks)")
-    p.add_argument("--max-clicks", type=int, default=MAX_CLICKS, help="clicks per frame (default 10)")
-    p.add_argument("--quiet", action="store_true", help="no per-frame lines")
-
-
-def run_eval_clicks(args: argparse.Namespace) -> int:
-    """`llb eval-clicks`: the protocol for each method on each root / folder; writes results.json, a table
-    and the IoU-against-clicks plot."""
-    groups: dict[str, list[Sample]] = {}
-    for root in args.davis_root:
-        groups[Path(root).name] = davis_first_frames(root)
-    if args.images or args.masks:
-        if not (args.images and args.masks):
-            raise ValueError("--images and --masks go together")
-        groups[Path(args.images).name] = folder_samples(args.images, args.masks)
-    if not groups:
-        raise ValueError("nothing to evaluate: pass --davis-root DIR and/or --images DIR --masks DIR")
-    methods = build_methods([m.strip() for m in args.methods.split(",") if m.strip()], args.checkpoint)
-    report = evaluate(methods, groups, args.max_clicks, None if args.quiet else print)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    report["sets"] = {g: [s.name for s in samples] for g, samples in groups.items()}
-    (out / "results.json").write_text(json.dumps(report, indent=1))
-    text = table(report)
-    (out / "results.md").write_text(text + "\n")
-    curves = {m: e["overall"]["iou_curve"] for m, e in report["methods"].items()}
-    plot_curves(curves, out / "iou_clicks.png", " + ".join(groups))
-    print(text)
-    print(f"wrote {out / 'results.json'}, {out / 'results.md'} and {out / 'iou_clicks.png'}")
-    return 0

@@ -1,4 +1,4 @@
-"""`llb eval`: DAVIS J&F of the engine, or of any method's saved masks, scored as the official DAVIS 2017 tool does.
+"""DAVIS J&F of the engine, or of any method's saved masks, scored as the official DAVIS 2017 tool does (`llb eval`).
 
 Protocol (davis2017-evaluation, semi-supervised): a sequence's objects are 1..K, K the largest id of its first
 annotation (void 255 counts as background); every annotated frame but the first and the last is scored per
@@ -13,64 +13,28 @@ interrupted run resumes where it stopped, and a run with another checkpoint or s
 
 from __future__ import annotations
 
-import argparse
 import csv
 import hashlib
 import json
 import os
 import shutil
-import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
+from llb.data.layout import DavisSequence, Layout, label_files, read_labels, read_names
 from llb.evaluation.metrics import Statistics, frame_scores, statistics
 from llb.inference.session import Segmenter
-from llb.options import UNTRAINED, add_model_args, build_segmenter
 from llb.video.export import stamp
 from llb.video.io import VideoWriter, iter_frames, probe
 from llb.video.masks import VOID, davis_palette, load_mask, overlay, save_palette_png
 
 MEASURES = ("J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay")
-RESOLUTION = "480p"  # the official layout's subfolder; the benchmark is scored at 480p
-
-
-@dataclass(frozen=True)
-class DavisSequence:
-    """One sequence of a DAVIS-format root: its frame folder and its annotation folder."""
-
-    name: str
-    frames: Path
-    annotations: Path
-
-
-def _resolution_dir(folder: Path) -> Path:
-    """`folder/480p` in the official layout, else `folder` itself (flat layout)."""
-    return folder / RESOLUTION if (folder / RESOLUTION).is_dir() else folder
-
-
-def _split_names(root: Path, split: str | None, annotations: Path) -> list[str]:
-    """Sequence names of `split`: a list file, or ImageSets/[2017/]<split>.txt; without one, every sequence."""
-    if split is not None and Path(split).is_file():
-        listing: Path | None = Path(split)
-    else:
-        name = split or "val"
-        candidates = [root / "ImageSets" / f"{name}.txt", root / "ImageSets" / "2017" / f"{name}.txt"]
-        listing = next((p for p in candidates if p.is_file()), None)
-        if listing is None and split is not None:
-            raise FileNotFoundError(
-                f"no split {split!r}: neither a file nor ImageSets/{split}.txt under {root}; pass --split FILE "
-                "(one sequence name a line) or leave --split out to evaluate every sequence"
-            )
-    if listing is None:
-        return sorted(p.name for p in annotations.iterdir() if p.is_dir() and not p.name.startswith("."))
-    names = [line.split()[0] for line in listing.read_text().splitlines() if line.strip()]
-    return list(dict.fromkeys(names))
 
 
 def davis_sequences(root: str | os.PathLike[str], split: str | None = None) -> list[DavisSequence]:
@@ -78,40 +42,27 @@ def davis_sequences(root: str | os.PathLike[str], split: str | None = None) -> l
 
     `split` is a list file or a name under ImageSets (default: `val` where listed, else every sequence).
     """
-    root = Path(root)
-    frames, annotations = _resolution_dir(root / "JPEGImages"), _resolution_dir(root / "Annotations")
-    for folder in (frames, annotations):
-        if not folder.is_dir():
+    layout = Layout.find(root)
+    if split is not None and Path(split).is_file():
+        listing: Path | None = Path(split)
+    else:
+        listing = layout.split_file(split or "val")
+        if listing is None and split is not None:
             raise FileNotFoundError(
-                f"{folder} is missing: a DAVIS root holds JPEGImages/<seq>/ (or JPEGImages/480p/<seq>/) and "
-                "Annotations/<seq>/ with palette PNGs"
+                f"no split {split!r}: neither a file nor ImageSets/{split}.txt under {root}; pass --split FILE "
+                "(one sequence name a line) or leave --split out to evaluate every sequence"
             )
-    sequences = []
-    for name in _split_names(root, split, annotations):
-        seq = DavisSequence(name, frames / name, annotations / name)
-        missing = [p for p in (seq.frames, seq.annotations) if not p.is_dir()]
-        if missing:
-            raise FileNotFoundError(f"sequence {name!r} of the split has no folder {missing[0]}")
-        sequences.append(seq)
+    sequences = layout.sequences(None if listing is None else read_names(listing))
     if not sequences:
         raise ValueError(f"no sequences to evaluate under {root}")
     return sequences
 
 
 def read_indexed(path: Path) -> np.ndarray:
-    """The index map of a mask PNG as the official tool reads it (palette indices or grey values), uint8."""
-    try:
-        with Image.open(path) as image:
-            if image.mode not in ("P", "L", "1"):
-                raise ValueError(
-                    f"{path} is a {image.mode} image; masks must be indexed PNGs (palette or grey, one index per "
-                    "object), as DAVIS annotations are"
-                )
-            return np.array(image, dtype=np.uint8)
-    except FileNotFoundError:
-        raise FileNotFoundError(
-            f"{path} is missing: every annotated frame needs a predicted mask of the same name"
-        ) from None
+    """The index map of a predicted mask PNG as the official tool reads it (palette indices or grey values)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: every annotated frame needs a predicted mask of the same name")
+    return read_labels(path, "indexed")
 
 
 @dataclass
@@ -139,7 +90,7 @@ class SequenceScores:
 
 def _annotated(seq: DavisSequence, max_frames: int | None) -> list[Path]:
     """The sequence's annotation files in name order, those of its first `max_frames` frames with the option."""
-    files = sorted(p for p in seq.annotations.iterdir() if p.suffix.lower() == ".png")
+    files = label_files(seq.annotations)
     if max_frames is not None:
         keep = set(probe(seq.frames).frame_names[:max_frames])
         files = [p for p in files if p.stem in keep]
@@ -154,7 +105,7 @@ def _annotated(seq: DavisSequence, max_frames: int | None) -> list[Path]:
 def score_sequence(seq: DavisSequence, predictions: Path, max_frames: int | None = None) -> SequenceScores:
     """J and F per object and annotated frame of the masks `predictions/<frame>.png` against the ground truth."""
     files = _annotated(seq, max_frames)
-    first = read_indexed(files[0])
+    first = read_labels(files[0], "indexed")
     first[first == VOID] = 0
     count = int(first.max())
     if count == 0:
@@ -163,7 +114,7 @@ def score_sequence(seq: DavisSequence, predictions: Path, max_frames: int | None
     j = np.empty((count, len(files)))
     f = np.empty((count, len(files)))
     for t, gt_path in enumerate(files):
-        gt = read_indexed(gt_path)
+        gt = read_labels(gt_path, "indexed")
         gt[gt == VOID] = 0
         pred = read_indexed(predictions / gt_path.name)
         if pred.shape != gt.shape:
@@ -279,7 +230,7 @@ def segment_sequence(
 
     Returns the number of masks written. `out` is emptied first so that no mask of an earlier run stays.
     """
-    first = sorted(p for p in seq.annotations.iterdir() if p.suffix.lower() == ".png")[0]
+    first = label_files(seq.annotations)[0]
     names = probe(seq.frames).frame_names
     if first.stem not in names:
         raise FileNotFoundError(f"{seq.name}: the first annotation {first.name} has no frame in {seq.frames}")
@@ -363,127 +314,79 @@ def plot_iou(scores: SequenceScores, path: Path) -> None:
         raise OSError(f"could not write {path}")
 
 
-def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of `llb eval` (model options included)."""
-    data = parser.add_mutually_exclusive_group(required=True)
-    data.add_argument("--davis-root", help="DAVIS-format root: JPEGImages/[480p/]<seq>, Annotations/[480p/]<seq>")
-    data.add_argument("--ytvos-root", help="YouTube-VOS split folder (JPEGImages/, Annotations/) or its parent")
-    parser.add_argument(
-        "--split", default=None, help="DAVIS: a name under ImageSets (default val, else every sequence) or a list file"
-    )
-    parser.add_argument(
-        "--predictions", default=None, help="DAVIS: score this folder of <seq>/<frame>.png masks instead of running"
-    )
-    parser.add_argument(
-        "--out",
-        default=None,
-        help="output folder (DAVIS: required; masks/, results.json, CSV tables, cache/; YouTube-VOS: the masks, "
-        "default beside the zip)",
-    )
-    parser.add_argument("--submission", default=None, help="YouTube-VOS: the submission zip to write")
-    parser.add_argument("--save-overlays", action="store_true", help="an H.264 overlay per sequence in OUT/overlays/")
-    parser.add_argument("--plot", action="store_true", help="DAVIS: a per-frame J plot per sequence in OUT/plots/")
-    parser.add_argument(
-        "--max-frames",
-        type=int,
-        default=None,
-        metavar="N",
-        help="development: only the first N frames of each sequence (not a benchmark number)",
-    )
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    add_model_args(parser)
+@dataclass
+class DavisEvaluation:
+    """What `evaluate_davis` measured: results.json's summary (`summarize`), the per-frame scores of each
+    sequence, and how many sequences came from the cache."""
+
+    summary: dict[str, Any]
+    scores: list[SequenceScores]
+    cached: int = 0
 
 
-def _check_args(args: argparse.Namespace) -> None:
-    """Options that belong to the other benchmark or contradict each other; ValueError says which."""
-    if args.max_frames is not None and args.max_frames < 1:
-        raise ValueError(f"--max-frames must be at least 1, got {args.max_frames}")
-    if args.davis_root is not None:
-        if args.out is None:
-            raise ValueError("--out DIR is required: the masks, tables and results.json go there")
-        if args.submission is not None:
-            raise ValueError("--submission is for --ytvos-root; DAVIS results go to --out")
-        return
-    for option, value in (("--split", args.split), ("--predictions", args.predictions), ("--plot", args.plot)):
-        if value not in (None, False):
-            raise ValueError(f"{option} needs DAVIS ground truth (--davis-root); YouTube-VOS is scored by its server")
-    if args.submission is None:
-        raise ValueError("--ytvos-root needs --submission OUT.zip, the file to upload to the benchmark")
+def evaluate_davis(
+    segmenter: Segmenter | None,
+    sequences: Sequence[DavisSequence],
+    out: str | os.PathLike[str],
+    *,
+    predictions: str | os.PathLike[str] | None = None,
+    max_frames: int | None = None,
+    cache_key: str | None = None,
+    overlays: bool = False,
+    plots: bool = False,
+    warning: str | None = None,
+    quiet: bool = True,
+) -> DavisEvaluation:
+    """DAVIS J&F of `sequences`: tracked by `segmenter` (masks to `out/masks/<seq>/`), or, with `segmenter`
+    None, of the saved masks `predictions/<seq>/<frame>.png`. Writes results.json, per-sequence.csv and
+    per-object.csv to `out`; with `overlays` an H.264 overlay per sequence to `out/overlays/`, with `plots` a
+    per-frame J chart to `out/plots/`.
 
-
-def _print_summary(summary: dict[str, Any], out: Path) -> None:
-    width = max(len("Global"), *(len(name) for name in summary["sequences"]))
-    print(f"{'sequence':<{width}}  {'J&F':>5}  {'J':>5}  {'F':>5}")
-    for name, s in summary["sequences"].items():
-        print(f"{name:<{width}}  {s['J&F-Mean']:5.1f}  {s['J-Mean']:5.1f}  {s['F-Mean']:5.1f}")
-    print(f"{'Global':<{width}}  {summary['J&F']:5.1f}  {summary['J']:5.1f}  {summary['F']:5.1f}")
-    print(f"({summary['num_objects']} objects; tables and results.json in {out})")
-
-
-def segmenter(args: argparse.Namespace) -> tuple[Segmenter, str | None]:
-    """The network of the model options, and the warning its output must carry when it is untrained."""
-    seg = build_segmenter(args)
-    return seg, None if seg.trained else UNTRAINED
-
-
-def _run_davis(args: argparse.Namespace) -> int:
-    sequences = davis_sequences(args.davis_root, args.split)
-    out = Path(args.out)
+    With a `cache_key` (`fingerprint` of the run's settings) each finished sequence is cached in `out/cache/`
+    and a later call with the same key reuses it instead of tracking again. `warning` (an untrained network)
+    is stamped on the overlays and stored in results.json.
+    """
+    if segmenter is None and predictions is None:
+        raise ValueError("evaluate_davis needs a segmenter to track with or a folder of predictions to score")
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    seg, key, warning = None, None, None
-    if args.predictions is None:
-        seg, warning = segmenter(args)
-        key = fingerprint(seg, args.checkpoint, args.max_frames)
     scores, cached = [], 0
-    entry: dict[str, Any] | None = None
-    for seq in tqdm(sequences, desc="DAVIS", unit="seq", disable=args.quiet):
-        if seg is None:
-            mask_dir = Path(args.predictions) / seq.name
+    for seq in tqdm(sequences, desc="DAVIS", unit="seq", disable=quiet):
+        entry: dict[str, Any] | None = None
+        if segmenter is None:
+            mask_dir = Path(predictions) / seq.name
             if not mask_dir.is_dir():
                 raise FileNotFoundError(f"{mask_dir} is missing: the predictions need a folder per sequence")
-            result = score_sequence(seq, mask_dir, args.max_frames)
+            result = score_sequence(seq, mask_dir, max_frames)
         else:
             mask_dir = out / "masks" / seq.name
             cache_path = out / "cache" / f"{seq.name}.json"
-            entry = load_cache(cache_path, key) if mask_dir.is_dir() else None
+            if cache_key is not None and mask_dir.is_dir():
+                entry = load_cache(cache_path, cache_key)
             if entry is None:
-                segment_sequence(seg, seq, mask_dir, args.max_frames, args.quiet)
-                result = score_sequence(seq, mask_dir, args.max_frames)
-                save_cache(cache_path, key, result.to_json())
+                segment_sequence(segmenter, seq, mask_dir, max_frames, quiet)
+                result = score_sequence(seq, mask_dir, max_frames)
+                if cache_key is not None:
+                    save_cache(cache_path, cache_key, result.to_json())
             else:
                 result = SequenceScores.from_json(seq.name, entry)
                 cached += 1
         scores.append(result)
         video = out / "overlays" / f"{seq.name}.mp4"
-        if args.save_overlays and not (entry is not None and video.exists()):
+        if overlays and not (entry is not None and video.exists()):
             write_overlay(seq.frames, mask_dir, video, warning)
-        if args.plot:
+        if plots:
             plot_iou(result, out / "plots" / f"{seq.name}.png")
     summary = summarize(scores)
     results = {
         **summary,
         "protocol": "DAVIS 2017 semi-supervised (official davis2017-evaluation): percent, per object over "
         "the annotated frames without the first and the last, global = mean over objects",
-        "predictions": str(Path(args.predictions).resolve()) if seg is None else str((out / "masks").resolve()),
-        "max_frames": args.max_frames,
+        "predictions": str(Path(predictions).resolve()) if segmenter is None else str((out / "masks").resolve()),
+        "max_frames": max_frames,
     }
     if warning:
         results["warning"] = warning
     _write_atomic(out / "results.json", json.dumps(results, indent=1))
     write_tables(out, summary)
-    if cached:
-        print(f"{cached} of {len(sequences)} sequence(s) came from the cache in {out / 'cache'}")
-    _print_summary(summary, out)
-    if warning:
-        print(f"WARNING: {warning}", file=sys.stderr)
-    return 0
-
-
-def run_eval(args: argparse.Namespace) -> int:
-    """`llb eval`: DAVIS scoring (running the engine or of --predictions), or a YouTube-VOS submission."""
-    _check_args(args)
-    if args.davis_root is not None:
-        return _run_davis(args)
-    from llb.evaluation.ytvos import run_ytvos  # here, not at the top: ytvos builds on this module
-
-    return run_ytvos(args)
+    return DavisEvaluation(summary, scores, cached)

@@ -1,4 +1,4 @@
-"""`llb eval --ytvos-root`: a YouTube-VOS submission zip, `Annotations/<video>/<frame>.png` for every frame.
+"""A YouTube-VOS submission zip (`llb eval --ytvos-root`), `Annotations/<video>/<frame>.png` for every frame.
 
 YouTube-VOS gives each object's mask on the frame where it first appears, which may be a later frame: an
 annotation file introduces the objects it holds that were not given before (ids already given are left out
@@ -9,55 +9,43 @@ benchmark's server scores the zip. Finished videos are cached like DAVIS sequenc
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
-import sys
 import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from llb.evaluation.davis import fingerprint, load_cache, read_indexed, save_cache, segmenter, write_overlay
+from llb.data.layout import DavisSequence, Layout, label_files, read_labels
+from llb.evaluation.davis import load_cache, save_cache, write_overlay
 from llb.inference.session import Segmenter
 from llb.video.io import probe
 from llb.video.masks import VOID, object_ids, save_palette_png
 
 
-def split_dir(root: str | os.PathLike[str]) -> Path:
-    """The folder holding JPEGImages/ and Annotations/: `root` itself, or its `valid/` (the release layout)."""
-    root = Path(root)
-    for folder in (root, root / "valid"):
-        if (folder / "JPEGImages").is_dir() and (folder / "Annotations").is_dir():
-            return folder
-    raise FileNotFoundError(
-        f"{root} holds no JPEGImages/ and Annotations/ (nor valid/ with them): pass the YouTube-VOS split folder"
-    )
-
-
-def video_names(folder: Path) -> list[str]:
-    """Videos with annotations, in name order; each must have its frame folder."""
-    names = sorted(p.name for p in (folder / "Annotations").iterdir() if p.is_dir() and not p.name.startswith("."))
-    missing = [n for n in names if not (folder / "JPEGImages" / n).is_dir()]
-    if missing:
-        raise FileNotFoundError(f"videos without frames in {folder / 'JPEGImages'}: {', '.join(missing[:5])}")
-    if not names:
-        raise ValueError(f"no videos under {folder / 'Annotations'}")
-    return names
+def video_folders(root: str | os.PathLike[str]) -> list[DavisSequence]:
+    """The annotated videos of a YouTube-VOS split folder (or of its `valid/`, the release layout), in name
+    order; each must have its frame folder."""
+    videos = Layout.find(root, ("valid",)).sequences()
+    if not videos:
+        raise ValueError(f"no videos with annotations under {root}")
+    return videos
 
 
 def first_masks(annotations: Path, frame_names: tuple[str, ...]) -> dict[int, np.ndarray]:
     """Label maps per frame index holding only the objects that appear there for the first time."""
     index = {name: i for i, name in enumerate(frame_names)}
-    files = sorted(p for p in annotations.iterdir() if p.suffix.lower() == ".png")
+    files = label_files(annotations)
     for path in files:
         if path.stem not in index:
             raise FileNotFoundError(f"the annotation {path} has no frame of that name")
     seen: set[int] = set()
     prompts = {}
     for path in sorted(files, key=lambda p: index[p.stem]):
-        labels = read_indexed(path)
+        labels = read_labels(path, "indexed")
         labels[labels == VOID] = 0
         labels[np.isin(labels, list(seen))] = 0
         ids = object_ids(labels)
@@ -116,29 +104,45 @@ def write_zip(annotations: Path, videos: list[str], path: Path) -> int:
     return len(files)
 
 
-def run_ytvos(args: argparse.Namespace) -> int:
-    """Segment every video of the split and write the submission zip (masks kept in --out or beside the zip)."""
-    folder = split_dir(args.ytvos_root)
-    names = video_names(folder)
-    submission = Path(args.submission)
-    out = Path(args.out) if args.out else submission.with_suffix("")
-    seg, warning = segmenter(args)
-    key = fingerprint(seg, args.checkpoint, args.max_frames)
+@dataclass
+class Submission:
+    """What `submit_ytvos` wrote: the masks in the zip, the videos, and how many came from the cache."""
+
+    masks: int
+    videos: int
+    cached: int = 0
+
+
+def submit_ytvos(
+    segmenter: Segmenter,
+    videos: Sequence[DavisSequence],
+    submission: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    max_frames: int | None = None,
+    cache_key: str | None = None,
+    overlays: bool = False,
+    warning: str | None = None,
+    quiet: bool = True,
+) -> Submission:
+    """Segment every video (masks to `out/Annotations/<video>/`) and zip them as the submission file.
+
+    With a `cache_key` (`fingerprint` of the run's settings) finished videos are cached in `out/cache/` and
+    not tracked again; with `overlays` an H.264 overlay per video goes to `out/overlays/` (stamped with
+    `warning`).
+    """
+    out = Path(out)
     cached = 0
-    for name in tqdm(names, desc="YouTube-VOS", unit="video", disable=args.quiet):
-        frames, masks = folder / "JPEGImages" / name, out / "Annotations" / name
-        cache_path = out / "cache" / f"{name}.json"
-        if masks.is_dir() and load_cache(cache_path, key) is not None:
+    for video in tqdm(videos, desc="YouTube-VOS", unit="video", disable=quiet):
+        masks = out / "Annotations" / video.name
+        cache_path = out / "cache" / f"{video.name}.json"
+        if cache_key is not None and masks.is_dir() and load_cache(cache_path, cache_key) is not None:
             cached += 1
             continue
-        count = segment_video(seg, frames, folder / "Annotations" / name, masks, args.max_frames, args.quiet)
-        if args.save_overlays:
-            write_overlay(frames, masks, out / "overlays" / f"{name}.mp4", warning)
-        save_cache(cache_path, key, {"masks": count})
-    count = write_zip(out / "Annotations", names, submission)
-    if cached:
-        print(f"{cached} of {len(names)} video(s) came from the cache in {out / 'cache'}")
-    print(f"wrote {count} masks of {len(names)} videos to {submission} (masks also in {out / 'Annotations'})")
-    if warning:
-        print(f"WARNING: {warning}: do not submit these masks as a result", file=sys.stderr)
-    return 0
+        count = segment_video(segmenter, video.frames, video.annotations, masks, max_frames, quiet)
+        if overlays:
+            write_overlay(video.frames, masks, out / "overlays" / f"{video.name}.mp4", warning)
+        if cache_key is not None:
+            save_cache(cache_path, cache_key, {"masks": count})
+    count = write_zip(out / "Annotations", [video.name for video in videos], Path(submission))
+    return Submission(count, len(videos), cached)

@@ -2,7 +2,7 @@
 
 from .config import DataConfig, OptimConfig, TrainConfig, apply_overrides, stage_config
 from .loss import LossConfig, cosine_similarity_loss, lovasz_hinge, lovasz_sigmoid, training_loss
-from .trainer import Trainer, add_train_arguments, build_dataset, build_model, run_train
+from .trainer import Trainer, build_dataset, build_model, open_run
 
 __all__ = [
     "DataConfig",
@@ -10,14 +10,13 @@ __all__ = [
     "OptimConfig",
     "TrainConfig",
     "Trainer",
-    "add_train_arguments",
     "apply_overrides",
     "build_dataset",
     "build_model",
     "cosine_similarity_loss",
     "lovasz_hinge",
     "lovasz_sigmoid",
-    "run_train",
+    "open_run",
     "stage_config",
     "training_loss",
 ]

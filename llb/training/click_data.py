@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from llb.data.davis import check_training_root, scan_video_root
-from llb.data.sampler import read_labels, read_rgb
+from llb.data.layout import read_labels
+from llb.data.sampler import read_rgb
 from llb.data.synthetic import scan_static_root
 from llb.interactive.click_model import ClickModel, working_size
 from llb.interactive.saliency import U2NetSaliency, find_u2netp

@@ -23,7 +23,6 @@ the tracking trainer's.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import platform
@@ -54,7 +53,7 @@ from llb.interactive.click_segmenter import (
 from llb.interactive.saliency import U2NetSaliency, find_u2netp
 
 from .click_data import CachedImage, Source, build_cache, cache_name, load_cached, training_sources
-from .config import MIB, _from_dict, apply_overrides, shared_data_dir
+from .config import MIB, _from_dict, shared_data_dir
 from .monitor import CsvLog
 from .state import flatten_optimizer, read_state, replacing, seed_everything, unflatten_optimizer
 from .trainer import SHARD_HEADER_MARGIN
@@ -442,44 +441,16 @@ def read_click_state(folder: str | Path) -> dict[str, Any]:
     return read_state(folder, STATE_FORMAT, "a click-model training state")
 
 
-# ---- command line ---------------------------------------------------------------------------------------
-def add_train_clicks_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--steps", type=int, default=None, help="optimiser steps (default 2000)")
-    p.add_argument("--out", default=None, help="run folder (default runs/clicks)")
-    p.add_argument("--resume", default=None, help="continue a run from its RUN/last folder")
-    p.add_argument("--cache", default=None, help="feature cache folder (default runs/click-cache)")
-    p.add_argument("--cache-only", action="store_true", help="build the feature cache and exit")
-    p.add_argument("--cache-part", default="0/1", help="PART/PARTS: cache every PARTS-th image (parallel workers)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+def click_config(resume: str | Path | None = None) -> ClickTrainConfig:
+    """The config of the run whose resume state is `resume` (its RUN/last), or the default config."""
+    return _from_dict(ClickTrainConfig, read_click_state(resume)["config"]) if resume else ClickTrainConfig()
 
 
-def run_train_clicks(args: argparse.Namespace) -> int:
-    """`llb train-clicks`: cache the features, then train (resuming where asked) and export."""
-    resumed = read_click_state(args.resume)["config"] if args.resume else None
-    cfg = _from_dict(ClickTrainConfig, resumed) if resumed else ClickTrainConfig()
-    for name, value in (("steps", args.steps), ("out", args.out)):
-        if value is not None:
-            setattr(cfg, name, value)
-    if args.cache:
-        cfg.data.cache = args.cache
-    apply_overrides(cfg, args.set)  # type: ignore[arg-type]
-    if args.print_config:
-        print(cfg.to_json())
-        return 0
-    if args.cache_only:
-        part, parts = (int(v) for v in args.cache_part.split("/"))
-        torch.set_num_threads(cfg.threads)
-        sources = configured_sources(cfg)
-        order = np.random.default_rng(cfg.seed).permutation(len(sources))  # a partial cache mixes all sets
-        build_cache([sources[i] for i in order], Path(cfg.data.cache), ClickModel(cfg.model), part, parts, args.quiet)
-        print(f"cached {len(sources)} images in {cfg.data.cache}")
-        return 0
-    trainer = ClickTrainer(cfg)
-    if args.resume:
-        trainer.load_state(Path(args.resume))
-    stats = trainer.fit(quiet=args.quiet)
-    loss = f"loss {stats['loss']:.3f}" if stats else "no step left to run"
-    print(f"step {trainer.step}: {loss}; exported {trainer.out / KEY}.safetensors")
-    return 0
+def cache_features(cfg: ClickTrainConfig, part: int = 0, parts: int = 1, quiet: bool = False) -> int:
+    """Build the feature cache of every `parts`-th training image from number `part` (parallel workers share
+    the work); the images are shuffled first, so that a partial cache mixes all sets. Returns the image count."""
+    torch.set_num_threads(cfg.threads)
+    sources = configured_sources(cfg)
+    order = np.random.default_rng(cfg.seed).permutation(len(sources))
+    build_cache([sources[i] for i in order], Path(cfg.data.cache), ClickModel(cfg.model), part, parts, quiet)
+    return len(sources)

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from llb.evaluation.davis import DavisSequence, davis_sequences, score_sequence, segment_sequence, summarize
+from llb.data.layout import DavisSequence
+from llb.evaluation.davis import davis_sequences, evaluate_davis
 from llb.fusion import AdaptiveFusion
 from llb.inference.crop import CropConfig
 from llb.inference.session import InferenceConfig, Segmenter
@@ -135,7 +136,8 @@ class GateStatistics:
 def run_validation(
     seg: Segmenter, sets: Sequence[ValidationSet], work: str | Path, max_frames: int | None = None
 ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
-    """Track and score every sequence of every set with `seg`; masks go to `work/<set>/<sequence>/`. Returns the
+    """Track and score every sequence of every set with `seg` as `llb eval` does (`evaluate_davis`; masks in
+    `work/<set>/masks/<sequence>/`, the set's results.json and tables in `work/<set>/`). Returns the
     per-set and overall J&F (module docstring) with, where the network fuses with the AFM, the gate statistics;
     and J&F, J and F per sequence (`<set>/<sequence>`)."""
     fusion = seg.model.fusion
@@ -145,12 +147,7 @@ def run_validation(
     per_sequence: dict[str, dict[str, float]] = {}
     try:
         for vset in sets:
-            scores = []
-            for seq in vset.sequences:
-                out = Path(work) / vset.name / seq.name
-                segment_sequence(seg, seq, out, max_frames, quiet=True)
-                scores.append(score_sequence(seq, out, max_frames))
-            summary = summarize(scores)
+            summary = evaluate_davis(seg, vset.sequences, Path(work) / vset.name, max_frames=max_frames).summary
             for key in ("J&F", "J", "F"):
                 results[f"val_{vset.name}_{key}"] = summary[key]
             for name, seq_scores in summary["sequences"].items():
