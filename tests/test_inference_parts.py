@@ -1,9 +1,12 @@
-"""Memory policy and search-region crop/paste."""
+"""Memory policy, search-region crop/paste and the decoder's x2 upsampling."""
 
 import numpy as np
+import pytest
 import torch
+import torch.nn.functional as F
 
 from llb.data import sampler
+from llb.decoder import upsample, upsample2x
 from llb.inference.crop import CropConfig, crop, mask_box, paste, search_region, update_box
 from llb.inference.memory import MemoryBank, MemoryConfig, MemoryEntry
 
@@ -122,3 +125,30 @@ def test_training_crops_the_search_region_the_tracker_crops() -> None:
         tracked = search_region(t_center, t_size, (h, w), CropConfig(size=out_hw, scale=scale))[0]
         assert np.allclose(trained, tracked.numpy(), atol=1e-2)
     assert sampler.mask_box(np.zeros((8, 8), bool)) is None
+
+
+@pytest.mark.parametrize("mode", ["bicubic", "bilinear"])
+@pytest.mark.parametrize("shape", [(1, 3, 5, 7), (2, 4, 1, 2), (1, 2, 12, 9)])
+def test_upsample2x_is_interpolate_with_its_border_clamping(mode: str, shape: tuple[int, ...]) -> None:
+    """Every output pixel, the border rows and columns (where torch clamps the taps) included."""
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    want = F.interpolate(x.double(), scale_factor=2, mode=mode, align_corners=False)
+    got = upsample2x(x, mode)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=2e-6 * want.abs().max().item())
+    torch.testing.assert_close(upsample2x(x.double(), mode), want, rtol=0, atol=1e-12)
+
+
+def test_upsample2x_keeps_channels_last_and_bfloat16() -> None:
+    x = torch.randn(1, 8, 6, 10).contiguous(memory_format=torch.channels_last)
+    got = upsample2x(x.bfloat16(), "bicubic")
+    want = F.interpolate(x, scale_factor=2, mode="bicubic", align_corners=False)
+    assert got.dtype == torch.bfloat16 and got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got.float(), want, rtol=0, atol=0.02 * want.abs().max().item())
+
+
+def test_upsample_to_a_size_other_than_x2_interpolates() -> None:
+    x = torch.randn(1, 2, 5, 6)
+    want = F.interpolate(x, size=(11, 13), mode="bicubic", align_corners=False)
+    torch.testing.assert_close(upsample(x, (11, 13), "bicubic"), want, rtol=0, atol=0)
+    torch.testing.assert_close(upsample(x, (10, 12), "bicubic"), upsample2x(x, "bicubic"), rtol=0, atol=0)
