@@ -282,9 +282,22 @@ def test_overlay_colours_only_objects() -> None:
 
     outlined = overlay(frame, labels, alpha=0.4)
     assert np.array_equal(outlined[~objects], frame[~objects])
-    assert tuple(outlined[5, 10]) == (128, 0, 0) and tuple(outlined[34, 40]) == (0, 128, 0)  # object borders
+    assert tuple(outlined[5, 10]) == (255, 255, 255) and tuple(outlined[34, 40]) == (255, 255, 255)  # outlines
+    assert tuple(outlined[6, 10]) == (128, 0, 0) and tuple(outlined[33, 40]) == (0, 128, 0)  # then the colour
     assert np.array_equal(outlined[15, 15], out[15, 15])  # interior only blended
     assert np.array_equal(outlined, overlay(frame, labels, alpha=0.4))
+
+
+def test_overlay_outline_shows_a_red_object_on_a_red_subject() -> None:
+    red = np.zeros((480, 640, 3), np.uint8)
+    red[...] = (128, 0, 0)  # the colour of object 1
+    labels = np.zeros((480, 640), np.uint8)
+    labels[100:300, 200:400] = 1
+    shown = overlay(red, labels)
+    assert np.array_equal(shown[150:250, 250:350], red[150:250, 250:350])  # the blend alone shows nothing
+    for border in (shown[100, 200:400], shown[299, 200:400], shown[100:300, 200], shown[100:300, 399]):
+        assert (border == 255).all()  # but the outline does
+    assert np.array_equal(shown[labels == 0], red[labels == 0])
 
 
 def test_labels_from_probs() -> None:

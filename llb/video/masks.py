@@ -165,8 +165,9 @@ def load_mask(path: str | os.PathLike[str], *, size: tuple[int, int] | None = No
 def overlay(frame: np.ndarray, labels: np.ndarray, *, alpha: float = 0.5, contour: bool = True) -> np.ndarray:
     """A new RGB frame with each object's palette colour blended over its pixels (weight `alpha`).
 
-    With `contour`, the object's inner boundary (about 1 px per 480 px of the shorter side) is drawn in the
-    same colour at full strength. Background and void pixels are left as they are.
+    With `contour`, each object gets a two-tone outline inside its border (about 1 px per 480 px of the shorter
+    side each): white outermost, then its colour at full strength, so that an object stays visible where its
+    colour matches the scene (DAVIS red on a red subject). Background and void pixels are left as they are.
     """
     frame = np.asarray(frame)
     labels = _as_labels(labels)
@@ -183,10 +184,16 @@ def overlay(frame: np.ndarray, labels: np.ndarray, *, alpha: float = 0.5, contou
     out[objects] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
     if contour:
         thickness = max(1, round(min(labels.shape) / 480))
-        kernel = np.ones((2 * thickness + 1, 2 * thickness + 1), dtype=np.uint8)
-        edge = objects & ((cv2.dilate(labels, kernel) != labels) | (cv2.erode(labels, kernel) != labels))
-        out[edge] = colours[edge]
+        outer, band = (objects & _near_other_label(labels, t) for t in (thickness, 2 * thickness))
+        out[band] = colours[band]
+        out[outer] = 255
     return out
+
+
+def _near_other_label(labels: np.ndarray, distance: int) -> np.ndarray:
+    """(H, W) bool: pixels with a different label within `distance` pixels (a square neighbourhood)."""
+    kernel = np.ones((2 * distance + 1, 2 * distance + 1), dtype=np.uint8)
+    return (cv2.dilate(labels, kernel) != labels) | (cv2.erode(labels, kernel) != labels)
 
 
 def labels_from_probs(probs: np.ndarray, ids: Sequence[int]) -> np.ndarray:
