@@ -263,8 +263,11 @@ def test_mask_upload_and_reference_frame(app, clip, tmp_path):
     project = app.project_of(req)
     assert project.reference == 3 and np.array_equal(project.labels(3), labels)
     assert set(project.prompts()) == {3}
+    save_palette_png(tmp_path / "source.png", cv2.resize(labels, (2 * W, 2 * H), interpolation=cv2.INTER_NEAREST))
+    app.upload_mask(str(tmp_path / "source.png"), req)  # drawn on the source video, twice the processed size
+    assert np.array_equal(project.labels(3), labels)
     Image.new("L", (50, 50)).save(tmp_path / "small.png")
-    with pytest.raises(gr.Error, match="50x50"):
+    with pytest.raises(gr.Error, match=r"50x50.*same aspect ratio"):
         app.upload_mask(str(tmp_path / "small.png"), req)
     with pytest.raises(gr.Error, match="outside"):
         app.set_reference(99, req)

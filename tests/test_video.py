@@ -249,9 +249,15 @@ def test_mask_errors(tmp_path: Path) -> None:
     labels = np.zeros((360, 640), np.uint8)
     labels[100:200, 100:200] = 1
     save_palette_png(tmp_path / "mask.png", labels)
-    with pytest.raises(MaskError, match="mask is 640x360 but the video frames are 854x480") as err:
-        load_mask(tmp_path / "mask.png", size=(854, 480))
+    with pytest.raises(MaskError, match=r"mask is 640x360 \(aspect 1.78\) but the video is 480x480") as err:
+        load_mask(tmp_path / "mask.png", size=(480, 480))
     assert isinstance(err.value, VideoError) and isinstance(err.value, ValueError)
+    assert "same aspect ratio" in str(err.value)
+    dot = np.zeros((480, 854), np.uint8)
+    dot[5, 5] = 1
+    save_palette_png(tmp_path / "dot.png", dot)
+    with pytest.raises(MaskError, match="vanish when it is scaled to the video's 64x36"):
+        load_mask(tmp_path / "dot.png", size=(64, 36))
     Image.fromarray(np.zeros((10, 10), np.uint8)).save(tmp_path / "empty.png")
     with pytest.raises(MaskError, match="draw or click the object first"):
         load_mask(tmp_path / "empty.png")
@@ -264,6 +270,22 @@ def test_mask_errors(tmp_path: Path) -> None:
     Image.fromarray(noise).save(tmp_path / "noise.png")
     with pytest.raises(MaskError, match=f"at most {MAX_OBJECTS} objects"):
         load_mask(tmp_path / "noise.png")
+
+
+@pytest.mark.parametrize("source", [(854, 480), (1280, 720), (320, 180), (1920, 1088)])
+def test_mask_of_the_same_aspect_ratio_is_scaled_to_the_processed_size(tmp_path: Path, source) -> None:
+    """A mask drawn on the source video (854x480) is accepted for its frames processed at 640x360."""
+    width, height = source
+    labels = np.zeros((height, width), np.uint8)
+    labels[height // 4 : height // 2, width // 8 : width // 2] = 3
+    labels[height // 2 :, width // 2 :] = 7
+    save_palette_png(tmp_path / "source.png", labels)
+    scaled = load_mask(tmp_path / "source.png", size=(640, 360))
+    assert scaled.shape == (360, 640) and object_ids(scaled) == [3, 7]
+    assert set(np.unique(scaled)) == {0, 3, 7}  # nearest neighbour: no new ids at the borders
+    expected = np.zeros((360, 640), np.uint8)
+    expected[90:180, 80:320], expected[180:, 320:] = 3, 7
+    assert np.mean(scaled != expected) < 0.01
 
 
 def test_overlay_colours_only_objects() -> None:
