@@ -202,7 +202,7 @@ def test_huge_frames_and_a_half_hour_video_are_cut_down(app, tmp_path):
 
 
 def test_example_clip_loads_with_credit(app):
-    assert list(app.EXAMPLES) == ["Dog and ball"]
+    assert list(app.EXAMPLES) == ["Dog and ball (3 s)", "Letter blocks (3 s)", "Juggling (3.75 s)", "Dog and ball"]
     assert "SAM 2" in app.EXAMPLES["Dog and ball"].credit_line()
     assert "12 frames" in app.load_example("Dog and ball", request("example"))[0]
     with pytest.raises(gr.Error, match="unknown example"):
