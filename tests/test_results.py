@@ -169,3 +169,35 @@ def test_a_source_without_sound_and_a_frame_folder_export_without_audio(tmp_path
     paths = render(result, clip, tmp_path / "out")
     info = probe(paths["overlay"])
     assert (info.width, info.height, info.num_frames) == (400, 240, 4) and not has_audio(paths["overlay"])
+
+
+@pytest.mark.slow
+def test_the_app_hands_back_full_resolution_files_with_sound(tmp_path: Path) -> None:
+    """Through the app's handlers: a 320x240 upload with sound, processed at 160x120 (seeded untrained network):
+    the overlay, the transparent cut-out and the masks come back at 320x240, the videos with the sound."""
+    from test_app import H, W, app_env, hop_threads, imported_app, make_frames, request, square_click
+
+    silent = tmp_path / "silent.mp4"
+    with VideoWriter(silent, FPS) as writer:
+        for frame in make_frames(w=2 * W, h=2 * H):
+            writer.write(frame)
+    upload = tmp_path / "phone.mp4"
+    cmd = [ffmpeg_exe(), "-v", "error", "-y", "-i", str(silent), "-f", "lavfi", "-i", "sine=frequency=440"]
+    subprocess.run([*cmd, "-t", "1", "-c:v", "copy", "-c:a", "aac", str(upload)], check=True, capture_output=True)
+    with imported_app(app_env(tmp_path)) as app:
+        req = request("full-resolution")
+        assert "exported at 320x240" in app.load_video(str(upload), req)[0]
+        app.click(*square_click(), "object", req)
+        *_, last = hop_threads(app.run(TRANSPARENT, None, req))
+        _, status, overlay, cut, masks, alpha, *_ = last
+        assert status.startswith("done")
+        run = app.project_of(req).result
+        assert all(run.scores_path(i).is_file() for i in run.frames())  # the engine kept the probabilities
+        for video in (overlay, cut):
+            info = probe(video)
+            assert (info.width, info.height) == (2 * W, 2 * H) and has_audio(video)
+        with zipfile.ZipFile(masks) as zf:
+            first = Image.open(io.BytesIO(zf.read("masks/00000.png")))
+            assert first.size == (2 * W, 2 * H) and first.mode == "P"
+        with zipfile.ZipFile(alpha) as zf:
+            assert Image.open(io.BytesIO(zf.read("cutout/00000.png"))).size == (2 * W, 2 * H)

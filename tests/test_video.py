@@ -16,8 +16,10 @@ from llb.video import (
     MaskError,
     VideoError,
     VideoWriter,
+    add_audio,
     davis_palette,
     ffmpeg_exe,
+    has_audio,
     iter_frames,
     labels_from_probs,
     load_mask,
@@ -91,6 +93,21 @@ def test_truncated_video_ends_early_and_count_is_only_an_estimate(clip: Path, tm
     cut.write_bytes(data[: int(len(data) * 0.6)])
     assert probe(cut).num_frames == 20  # the container still says 20
     assert 0 < sum(1 for _ in iter_frames(cut)) < 20
+
+
+def test_alpha_writer_takes_rgba_and_audio_is_copied_only_from_a_source_that_has_it(clip: Path, tmp_path: Path) -> None:
+    with VideoWriter(tmp_path / "a.webm", 12, alpha=True) as writer:
+        with pytest.raises(VideoError, match="HxWx4 uint8 RGBA"):
+            writer.write(smooth_frame(0))
+        frame = np.dstack([smooth_frame(0), np.full((H, W), 255, np.uint8)])
+        frame[:50, :, 3] = 0
+        writer.write(frame)
+    assert writer.size == (W + 1, H + 1) and (tmp_path / "a.webm").is_file()
+    cmd = [ffmpeg_exe(), "-v", "error", "-c:v", "libvpx-vp9", "-i", str(tmp_path / "a.webm")]
+    raw = subprocess.run([*cmd, "-f", "rawvideo", "-pix_fmt", "rgba", "-"], capture_output=True, check=True).stdout
+    alpha = np.frombuffer(raw, np.uint8).reshape(H + 1, W + 1, 4)[..., 3]
+    assert (alpha[:45] < 10).all() and (alpha[60:] > 245).all()
+    assert not has_audio(clip) and not add_audio(tmp_path / "a.webm", clip, 0, 1)  # nothing to copy: unchanged
 
 
 def test_writer_aborts_on_error_and_checks_frames(tmp_path: Path) -> None:
