@@ -361,6 +361,7 @@ def _results(project: Project, result: RunResult, cutout: str) -> tuple:
         str(paths["overlay"]),
         str(paths["cutout"]) if paths["cutout"] else None,
         str(paths["zip"]),
+        str(paths["alpha"]) if paths["alpha"] else None,
         gate_table(result),
         frame_slider(first, max(result.gates, default=0), first),
         heat,
@@ -386,7 +387,7 @@ def _run(project: Project, start: int | None, cutout: str, editor: dict | None, 
         raise gr.Error(f"the cut-out video is one of: {', '.join(CUTOUTS)}")
     _require_model("llb")
     _apply_strokes(project, editor)
-    keep = (gr.update(),) * 7
+    keep = (gr.update(),) * 8
     with job(project, "run"):
         for item in _stream(project, "llb", start, progress):
             if isinstance(item, RunResult):
@@ -540,7 +541,9 @@ def build() -> gr.Blocks:
             preview = gr.Image(label="Propagating", interactive=False, elem_id="preview")
             out_video = gr.Video(label="5. Overlay video", interactive=False, elem_id="vout")
             cut_video = gr.Video(label="Cut-out video", interactive=False, elem_id="cutout")
-        masks_zip = gr.File(label="Masks (DAVIS palette PNGs, zip)", interactive=False, elem_id="masks-zip")
+        with gr.Row():
+            masks_zip = gr.File(label="Masks (DAVIS palette PNGs, zip)", interactive=False, elem_id="masks-zip")
+            alpha_zip = gr.File(label="Transparent cut-out (RGBA PNGs, zip)", interactive=False, elem_id="alpha-zip")
         with gr.Tabs():
             with gr.Tab("6. Compare LLB and JOINT", elem_id="compare-tab"):
                 compare_btn = gr.Button("Compare", interactive=ready, elem_id="compare")
@@ -570,7 +573,10 @@ def build() -> gr.Blocks:
 
         working = [view, editor, objects, name, legend_html, status]
         loaded = [clip_info, input_video, ref, correct_frame, *working]
-        results = [preview, status, out_video, cut_video, masks_zip, gates, gate_slider, gate_image, correct_frame]
+        results = [
+            *(preview, status, out_video, cut_video, masks_zip, alpha_zip),
+            *(gates, gate_slider, gate_image, correct_frame),
+        ]
         engine = {"concurrency_id": "engine", "concurrency_limit": SETTINGS.max_jobs}
         upload.upload(load_video, upload, loaded, api_name="load_video")
         example.input(load_example, example, loaded, api_name="load_example")

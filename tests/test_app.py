@@ -202,7 +202,7 @@ def test_huge_frames_and_a_half_hour_video_are_cut_down(app, tmp_path):
 
 
 def test_example_clip_loads_with_credit(app):
-    assert list(app.EXAMPLES) == ["Dog and ball"]
+    assert list(app.EXAMPLES) == ["Dog and ball (3 s)", "Letter blocks (3 s)", "Juggling (3.75 s)", "Dog and ball"]
     assert "SAM 2" in app.EXAMPLES["Dog and ball"].credit_line()
     assert "12 frames" in app.load_example("Dog and ball", request("example"))[0]
     with pytest.raises(gr.Error, match="unknown example"):
@@ -263,8 +263,11 @@ def test_mask_upload_and_reference_frame(app, clip, tmp_path):
     project = app.project_of(req)
     assert project.reference == 3 and np.array_equal(project.labels(3), labels)
     assert set(project.prompts()) == {3}
+    save_palette_png(tmp_path / "source.png", cv2.resize(labels, (2 * W, 2 * H), interpolation=cv2.INTER_NEAREST))
+    app.upload_mask(str(tmp_path / "source.png"), req)  # drawn on the source video, twice the processed size
+    assert np.array_equal(project.labels(3), labels)
     Image.new("L", (50, 50)).save(tmp_path / "small.png")
-    with pytest.raises(gr.Error, match="50x50"):
+    with pytest.raises(gr.Error, match=r"50x50.*same aspect ratio"):
         app.upload_mask(str(tmp_path / "small.png"), req)
     with pytest.raises(gr.Error, match="outside"):
         app.set_reference(99, req)

@@ -101,7 +101,7 @@ def test_bad_masks_and_checkpoints_get_clear_messages(clip, checkpoint, tmp_path
     base = ["segment", str(frames), "--out", str(tmp_path / "o"), *COMMON]
     small = tmp_path / "small.png"
     save_palette_png(small, np.ones((100, 100), np.uint8))
-    assert "mask is 100x100 but the video frames are 428x240" in _err(capsys, [*base, "--mask", str(small)])
+    assert "mask is 100x100 (aspect 1.00) but the video is 428x240" in _err(capsys, [*base, "--mask", str(small)])
     empty = tmp_path / "empty.png"
     save_palette_png(empty, np.zeros((240, 428), np.uint8))
     assert "draw or click the object" in _err(capsys, [*base, "--mask", str(empty)])

@@ -16,8 +16,10 @@ from llb.video import (
     MaskError,
     VideoError,
     VideoWriter,
+    add_audio,
     davis_palette,
     ffmpeg_exe,
+    has_audio,
     iter_frames,
     labels_from_probs,
     load_mask,
@@ -91,6 +93,21 @@ def test_truncated_video_ends_early_and_count_is_only_an_estimate(clip: Path, tm
     cut.write_bytes(data[: int(len(data) * 0.6)])
     assert probe(cut).num_frames == 20  # the container still says 20
     assert 0 < sum(1 for _ in iter_frames(cut)) < 20
+
+
+def test_alpha_writer_takes_rgba_and_audio_is_copied_only_from_a_source_that_has_it(clip: Path, tmp_path: Path) -> None:
+    with VideoWriter(tmp_path / "a.webm", 12, alpha=True) as writer:
+        with pytest.raises(VideoError, match="HxWx4 uint8 RGBA"):
+            writer.write(smooth_frame(0))
+        frame = np.dstack([smooth_frame(0), np.full((H, W), 255, np.uint8)])
+        frame[:50, :, 3] = 0
+        writer.write(frame)
+    assert writer.size == (W + 1, H + 1) and (tmp_path / "a.webm").is_file()
+    cmd = [ffmpeg_exe(), "-v", "error", "-c:v", "libvpx-vp9", "-i", str(tmp_path / "a.webm")]
+    raw = subprocess.run([*cmd, "-f", "rawvideo", "-pix_fmt", "rgba", "-"], capture_output=True, check=True).stdout
+    alpha = np.frombuffer(raw, np.uint8).reshape(H + 1, W + 1, 4)[..., 3]
+    assert (alpha[:45] < 10).all() and (alpha[60:] > 245).all()
+    assert not has_audio(clip) and not add_audio(tmp_path / "a.webm", clip, 0, 1)  # nothing to copy: unchanged
 
 
 def test_writer_aborts_on_error_and_checks_frames(tmp_path: Path) -> None:
@@ -249,9 +266,15 @@ def test_mask_errors(tmp_path: Path) -> None:
     labels = np.zeros((360, 640), np.uint8)
     labels[100:200, 100:200] = 1
     save_palette_png(tmp_path / "mask.png", labels)
-    with pytest.raises(MaskError, match="mask is 640x360 but the video frames are 854x480") as err:
-        load_mask(tmp_path / "mask.png", size=(854, 480))
+    with pytest.raises(MaskError, match=r"mask is 640x360 \(aspect 1.78\) but the video is 480x480") as err:
+        load_mask(tmp_path / "mask.png", size=(480, 480))
     assert isinstance(err.value, VideoError) and isinstance(err.value, ValueError)
+    assert "same aspect ratio" in str(err.value)
+    dot = np.zeros((480, 854), np.uint8)
+    dot[5, 5] = 1
+    save_palette_png(tmp_path / "dot.png", dot)
+    with pytest.raises(MaskError, match="vanish when it is scaled to the video's 64x36"):
+        load_mask(tmp_path / "dot.png", size=(64, 36))
     Image.fromarray(np.zeros((10, 10), np.uint8)).save(tmp_path / "empty.png")
     with pytest.raises(MaskError, match="draw or click the object first"):
         load_mask(tmp_path / "empty.png")
@@ -264,6 +287,22 @@ def test_mask_errors(tmp_path: Path) -> None:
     Image.fromarray(noise).save(tmp_path / "noise.png")
     with pytest.raises(MaskError, match=f"at most {MAX_OBJECTS} objects"):
         load_mask(tmp_path / "noise.png")
+
+
+@pytest.mark.parametrize("source", [(854, 480), (1280, 720), (320, 180), (1920, 1088)])
+def test_mask_of_the_same_aspect_ratio_is_scaled_to_the_processed_size(tmp_path: Path, source) -> None:
+    """A mask drawn on the source video (854x480) is accepted for its frames processed at 640x360."""
+    width, height = source
+    labels = np.zeros((height, width), np.uint8)
+    labels[height // 4 : height // 2, width // 8 : width // 2] = 3
+    labels[height // 2 :, width // 2 :] = 7
+    save_palette_png(tmp_path / "source.png", labels)
+    scaled = load_mask(tmp_path / "source.png", size=(640, 360))
+    assert scaled.shape == (360, 640) and object_ids(scaled) == [3, 7]
+    assert set(np.unique(scaled)) == {0, 3, 7}  # nearest neighbour: no new ids at the borders
+    expected = np.zeros((360, 640), np.uint8)
+    expected[90:180, 80:320], expected[180:, 320:] = 3, 7
+    assert np.mean(scaled != expected) < 0.01
 
 
 def test_overlay_colours_only_objects() -> None:
@@ -282,9 +321,22 @@ def test_overlay_colours_only_objects() -> None:
 
     outlined = overlay(frame, labels, alpha=0.4)
     assert np.array_equal(outlined[~objects], frame[~objects])
-    assert tuple(outlined[5, 10]) == (128, 0, 0) and tuple(outlined[34, 40]) == (0, 128, 0)  # object borders
+    assert tuple(outlined[5, 10]) == (255, 255, 255) and tuple(outlined[34, 40]) == (255, 255, 255)  # outlines
+    assert tuple(outlined[6, 10]) == (128, 0, 0) and tuple(outlined[33, 40]) == (0, 128, 0)  # then the colour
     assert np.array_equal(outlined[15, 15], out[15, 15])  # interior only blended
     assert np.array_equal(outlined, overlay(frame, labels, alpha=0.4))
+
+
+def test_overlay_outline_shows_a_red_object_on_a_red_subject() -> None:
+    red = np.zeros((480, 640, 3), np.uint8)
+    red[...] = (128, 0, 0)  # the colour of object 1
+    labels = np.zeros((480, 640), np.uint8)
+    labels[100:300, 200:400] = 1
+    shown = overlay(red, labels)
+    assert np.array_equal(shown[150:250, 250:350], red[150:250, 250:350])  # the blend alone shows nothing
+    for border in (shown[100, 200:400], shown[299, 200:400], shown[100:300, 200], shown[100:300, 399]):
+        assert (border == 255).all()  # but the outline does
+    assert np.array_equal(shown[labels == 0], red[labels == 0])
 
 
 def test_labels_from_probs() -> None:

@@ -4,6 +4,7 @@ exactly what was changed."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import uuid
 import zipfile
@@ -34,7 +35,11 @@ MAX_FRAME_PIXELS = 2 * 7680 * 4320  # a zipped frame larger than this (two 8K fr
 
 @dataclass(frozen=True)
 class Clip:
-    """The prepared clip: `folder` holds `00000.jpg`...; `preview` is the same frames as H.264."""
+    """The prepared clip: `folder` holds `00000.jpg`...; `preview` is the same frames as H.264.
+
+    `original` is the upload as it came (a video file, or the folder of a zip's frames), kept so that results can
+    be exported at its `original_size` (width, height) with its sound; its first `num_frames` frames are the clip.
+    """
 
     folder: Path
     preview: Path
@@ -44,6 +49,8 @@ class Clip:
     height: int
     source: str
     notice: str
+    original: Path | None = None
+    original_size: tuple[int, int] | None = None
 
     def frame_path(self, index: int) -> Path:
         return self.folder / f"{index:05d}.jpg"
@@ -168,8 +175,12 @@ def _decode(upload: Path, base: Path, settings: Settings) -> Clip:
             count += 1
         if count == 0:
             raise VideoError(f"no frames: {upload.name} has no decodable frame (corrupt or empty?)")
-    if suffix == ".zip":
-        shutil.rmtree(base / "unzipped", ignore_errors=True)
+    original = source if suffix == ".zip" else base / f"original{suffix}"
+    if original != source:
+        try:
+            os.link(upload, original)  # no copy where the upload lies on the same file system
+        except OSError:
+            shutil.copyfile(upload, original)
     notes = []
     if count < total:
         notes.append(
@@ -180,6 +191,10 @@ def _decode(upload: Path, base: Path, settings: Settings) -> Clip:
     if (width, height) != (info.width, info.height):
         notes.append(
             f"Downscaled: frames are {info.width}x{info.height}; they are processed at {width}x{height} "
-            f"(limit LLB_MAX_SIDE={settings.max_side} px on the longer side)."
+            f"(limit LLB_MAX_SIDE={settings.max_side} px on the longer side); results are exported at "
+            f"{info.width}x{info.height}."
         )
-    return Clip(folder, base / "input.mp4", info.fps, count, width, height, upload.name, " ".join(notes))
+    size = (info.width, info.height)
+    return Clip(
+        folder, base / "input.mp4", info.fps, count, width, height, upload.name, " ".join(notes), original, size
+    )

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -174,22 +173,22 @@ def propagate(project: Project, models: Models, variant: str = "llb", start: int
     if write_from != ref:
         for index in previous.frames():
             if index < write_from:
-                shutil.copy(previous.path(index), result.path(index))
+                result.copy_frame(previous, index)
         result.gates = {k: v for k, v in previous.gates.items() if k < write_from}
     project.stop.clear()
     backward = ref if write_from == ref else 0
     total = clip.num_frames - write_from + backward
     done, busy = 0, 0.0
 
-    def step(out_index: int, labels: np.ndarray, gates: dict | None, frame: np.ndarray) -> Progress:
+    def step(out_index: int, res: FrameResult) -> Progress:
         nonlocal done
-        result.save(out_index, labels)
-        if gates:
-            result.gates[out_index] = gates
+        result.save(out_index, res.labels, res.probs, res.object_ids)
+        if res.gates:
+            result.gates[out_index] = res.gates
         done += 1
         fps = done / max(busy, 1e-6)
         message = f"frame {out_index} ({done}/{total}) · {fps:.1f} frames/s on {result.device}"
-        return Progress(done, total, out_index, shown(frame, labels, result.warning), message)
+        return Progress(done, total, out_index, shown(res.frame, res.labels, result.warning), message)
 
     session = segmenter.start(clip.folder)
     for index, labels in prompts.items():
@@ -208,7 +207,7 @@ def propagate(project: Project, models: Models, variant: str = "llb", start: int
                 yield Progress(done, total, index, None, f"replaying frame {index} to rebuild the memory")
                 continue
             busy += seconds
-            yield step(index, res.labels, res.gates, res.frame)
+            yield step(index, res)
     result.stopped = project.stop.is_set()
     result.fps = done / max(busy, 1e-6)
     state = "stopped" if result.stopped else "done"

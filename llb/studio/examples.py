@@ -1,5 +1,6 @@
-"""The example clips: listed with their credits in examples/examples.json, read from a local folder
-($LLB_EXAMPLES_DIR, default ../shared/examples) or, on a Space, from a Hub dataset ($LLB_EXAMPLES_REPO)."""
+"""The example clips: listed with their credits in examples/examples.json, read from the repository's
+`examples/` folder (three short clips ship there), a local folder ($LLB_EXAMPLES_DIR, default
+../shared/examples) or, on a Space, from a Hub dataset ($LLB_EXAMPLES_REPO)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from llb.video.io import VideoError
 
 from .settings import REPO, Settings
 
-LIST = REPO / "examples" / "examples.json"
+SHIPPED = REPO / "examples"
+LIST = SHIPPED / "examples.json"
 
 
 @dataclass(frozen=True)
@@ -27,19 +29,27 @@ class Example:
         return f"*{self.title}*: {self.credit}, {self.license} ([source]({self.source}))"
 
 
+def _local(example: Example, settings: Settings) -> Path | None:
+    """The clip's path in the repository's examples/ or in `settings.examples_dir`, whichever has it first."""
+    for folder in (SHIPPED, settings.examples_dir):
+        if (folder / example.file).is_file():
+            return folder / example.file
+    return None
+
+
 def load_examples(settings: Settings) -> list[Example]:
-    """The listed clips that can be had here (present locally, or a Hub repo is configured)."""
+    """The listed clips that can be had here (shipped, present locally, or a Hub repo is configured)."""
     clips = json.loads(LIST.read_text())["clips"] if LIST.is_file() else []
     examples = [Example(c["file"], c["title"], c["credit"], c["license"], c["source"]) for c in clips]
     if settings.examples_repo:
         return examples
-    return [e for e in examples if (settings.examples_dir / e.file).is_file()]
+    return [e for e in examples if _local(e, settings)]
 
 
 def example_path(example: Example, settings: Settings) -> Path:
-    """The clip's local path, downloaded from the Hub dataset when it is not in the local folder."""
-    local = settings.examples_dir / example.file
-    if local.is_file():
+    """The clip's local path, downloaded from the Hub dataset when it is in no local folder."""
+    local = _local(example, settings)
+    if local is not None:
         return local
     if settings.examples_repo and os.environ.get("HF_HUB_OFFLINE", "").lower() not in ("1", "true", "yes"):
         from huggingface_hub import hf_hub_download

@@ -1,10 +1,16 @@
-"""A propagation's results on disk (one palette PNG per frame) and what is made from them: the overlay
-video, the cut-out video, the zip of masks, the gate maps and the comparison of two runs."""
+"""A propagation's results on disk (one palette PNG and the merged probabilities per frame, at the processed
+size) and what is made from them at the source video's resolution: the overlay video and the cut-out video (with
+the source's sound), the zip of masks, the transparent cut-out (WebM and RGBA PNGs), the gate maps and the
+comparison of two runs."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import shutil
 import uuid
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,13 +19,14 @@ import numpy as np
 from PIL import Image
 
 from llb.video.export import stamp
-from llb.video.io import VideoWriter
-from llb.video.masks import overlay, save_palette_png
+from llb.video.io import VideoWriter, add_audio, iter_frames
+from llb.video.masks import labels_from_probs, overlay, save_palette_png
 
 from .clip import Clip
 from .settings import UNTRAINED
 
-CUTOUTS = ("none", "remove background", "blur background")
+TRANSPARENT = "transparent background"
+CUTOUTS = ("none", "remove background", "blur background", TRANSPARENT)
 
 
 @dataclass
@@ -38,12 +45,44 @@ class RunResult:
     def path(self, frame: int) -> Path:
         return self.folder / f"{frame:05d}.png"
 
+    def scores_path(self, frame: int) -> Path:
+        return self.folder / "probs" / f"{frame:05d}.npz"
+
     def labels(self, frame: int) -> np.ndarray | None:
         path = self.path(frame)
         return np.array(Image.open(path)) if path.is_file() else None
 
-    def save(self, frame: int, labels: np.ndarray) -> None:
+    def save(
+        self, frame: int, labels: np.ndarray, probs: np.ndarray | None = None, ids: list[int] | None = None
+    ) -> None:
+        """labels (h, w) uint8; probs: the merged probabilities (K, h, w) of objects `ids`, kept (as uint8) so
+        that an export at another size can take the argmax of upsampled probabilities instead of stretched labels."""
         save_palette_png(self.path(frame), labels)
+        if probs is not None and ids is not None:
+            self.scores_path(frame).parent.mkdir(exist_ok=True)
+            quantised = np.clip(np.rint(np.asarray(probs, np.float32) * 255), 0, 255).astype(np.uint8)
+            np.savez_compressed(self.scores_path(frame), probs=quantised, ids=np.asarray(ids, np.uint8))
+
+    def copy_frame(self, other: RunResult, frame: int) -> None:
+        """Take frame `frame`'s mask (and probabilities) from another run."""
+        shutil.copy(other.path(frame), self.path(frame))
+        if other.scores_path(frame).is_file():
+            self.scores_path(frame).parent.mkdir(exist_ok=True)
+            shutil.copy(other.scores_path(frame), self.scores_path(frame))
+
+    def labels_at(self, frame: int, size: tuple[int, int]) -> np.ndarray:
+        """Frame `frame`'s label map at `size` (width, height): the argmax of the merged probabilities upsampled
+        bilinearly (smooth borders, no staircase), or nearest-neighbour labels for a frame saved without them."""
+        labels = self.labels(frame)
+        if labels.shape[::-1] == tuple(size):
+            return labels
+        if not self.scores_path(frame).is_file():
+            return cv2.resize(labels, size, interpolation=cv2.INTER_NEAREST)
+        with np.load(self.scores_path(frame)) as saved:
+            probs, ids = saved["probs"], [int(i) for i in saved["ids"]]
+        up = np.stack([cv2.resize(p.astype(np.float32) / 255, size, interpolation=cv2.INTER_LINEAR) for p in probs])
+        background = np.clip(1 - up.sum(0), 0, 1)
+        return labels_from_probs(np.concatenate([background[None], up]), ids)
 
     def frames(self) -> list[int]:
         return sorted(int(p.stem) for p in self.folder.glob("*.png"))
@@ -60,8 +99,10 @@ def shown(frame: np.ndarray, labels: np.ndarray, warning: str | None) -> np.ndar
 
 
 def cutout(frame: np.ndarray, labels: np.ndarray, mode: str) -> np.ndarray:
-    """The objects on a black or blurred background."""
+    """The objects on a black or blurred background (RGB), or on a transparent one (RGBA)."""
     keep = (labels > 0)[..., None]
+    if mode == TRANSPARENT:
+        return np.concatenate([frame, keep.astype(np.uint8) * 255], axis=2)
     if mode == "blur background":
         k = max(3, (min(frame.shape[:2]) // 20) | 1)
         background = cv2.GaussianBlur(frame, (k, k), 0)
@@ -70,33 +111,85 @@ def cutout(frame: np.ndarray, labels: np.ndarray, mode: str) -> np.ndarray:
     return np.where(keep, frame, background)
 
 
+def source_frames(clip: Clip, frames: list[int]) -> Iterator[tuple[int, np.ndarray]]:
+    """(index, RGB frame at the source's resolution) for each of `frames`, read from the kept upload; the
+    processed frames where the clip has no upload kept."""
+    if clip.original is None or clip.original_size is None:
+        yield from ((i, clip.frame(i)) for i in frames)
+        return
+    wanted = set(frames)
+    width, height = clip.original_size
+    for index, rgb in enumerate(iter_frames(clip.original, stop=max(frames) + 1)):
+        if index in wanted:
+            if rgb.shape[:2] != (height, width):  # a rotated or oddly sized frame, as in prepare_clip
+                rgb = cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA)
+            yield index, rgb
+
+
+def _stamped(cut: np.ndarray, warning: str | None) -> np.ndarray:
+    """A cut-out (RGB, or RGBA: the banner is made opaque) with the warning banner, if there is a warning."""
+    if not warning:
+        return cut
+    rgb = stamp(cut[..., :3], warning)
+    if cut.shape[2] == 3:
+        return rgb
+    alpha = np.where((rgb != cut[..., :3]).any(axis=2), 255, cut[..., 3]).astype(np.uint8)
+    return np.concatenate([rgb, alpha[..., None]], axis=2)
+
+
+def _png(image: np.ndarray, labels: bool = False) -> bytes:
+    buffer = io.BytesIO()
+    if labels:
+        save_palette_png(buffer, image)
+    else:
+        Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
 def render(result: RunResult, clip: Clip, out_dir: Path, cutout_mode: str = "none") -> dict[str, Path | None]:
-    """Overlay video, optional cut-out video and the masks zip of the frames that have masks.
+    """Overlay video, optional cut-out video (or transparent WebM and a zip of RGBA PNGs) and the masks zip of the
+    frames that have masks, at the source video's resolution; the videos carry the source's sound when the
+    frames are consecutive.
 
     Names carry a fresh suffix so that a browser never shows a cached older video."""
     frames = result.frames()
     out_dir.mkdir(parents=True, exist_ok=True)
     tag = f"{result.variant}-{uuid.uuid4().hex[:8]}"
-    paths: dict[str, Path | None] = {"overlay": out_dir / f"overlay-{tag}.mp4", "cutout": None, "zip": None}
+    suffix = "-UNTRAINED" if result.warning else ""
+    transparent = cutout_mode == TRANSPARENT
+    paths: dict[str, Path | None] = {"overlay": out_dir / f"overlay-{tag}.mp4", "cutout": None, "alpha": None}
+    paths["zip"] = out_dir / f"masks-{tag}{suffix}.zip"
     writers = [VideoWriter(paths["overlay"], clip.fps)]
     if cutout_mode != "none":
-        paths["cutout"] = out_dir / f"cutout-{tag}.mp4"
-        writers.append(VideoWriter(paths["cutout"], clip.fps))
-    for index in frames:
-        rgb, labels = clip.frame(index), result.labels(index)
-        writers[0].write(shown(rgb, labels, result.warning))
-        if len(writers) > 1:
-            cut = cutout(rgb, labels, cutout_mode)
-            writers[1].write(stamp(cut, result.warning) if result.warning else cut)
+        paths["cutout"] = out_dir / f"cutout-{tag}.{'webm' if transparent else 'mp4'}"
+        writers.append(VideoWriter(paths["cutout"], clip.fps, alpha=transparent))
+    if transparent:
+        paths["alpha"] = out_dir / f"cutout-{tag}{suffix}-rgba.zip"
+    size = clip.original_size or (clip.width, clip.height)
+    with contextlib.ExitStack() as stack:
+        masks = stack.enter_context(zipfile.ZipFile(paths["zip"], "w", zipfile.ZIP_STORED))
+        rgba = stack.enter_context(zipfile.ZipFile(paths["alpha"], "w", zipfile.ZIP_STORED)) if transparent else None
+        for index, rgb in source_frames(clip, frames):
+            labels = result.labels_at(index, size)
+            masks.writestr(f"masks/{index:05d}.png", _png(labels, labels=True))
+            writers[0].write(shown(rgb, labels, result.warning))
+            if len(writers) > 1:
+                cut = _stamped(cutout(rgb, labels, cutout_mode), result.warning)
+                writers[1].write(cut)
+                if rgba is not None:
+                    rgba.writestr(f"cutout/{index:05d}.png", _png(cut))
+        note = f"{UNTRAINED}: these masks come from a network without trained weights.\n" if result.warning else ""
+        masks.writestr(
+            "README.txt",
+            f"{note}DAVIS palette PNGs, one per frame of {clip.source}, at {size[0]}x{size[1]} (processed at "
+            f"{clip.width}x{clip.height}; upsampled from the merged probabilities); 0 is background.\n",
+        )
     for writer in writers:
         writer.close()
-    suffix = "-UNTRAINED" if result.warning else ""
-    paths["zip"] = out_dir / f"masks-{tag}{suffix}.zip"
-    with zipfile.ZipFile(paths["zip"], "w", zipfile.ZIP_STORED) as zf:
-        for index in frames:
-            zf.write(result.path(index), f"masks/{index:05d}.png")
-        note = f"{UNTRAINED}: these masks come from a network without trained weights.\n" if result.warning else ""
-        zf.writestr("README.txt", f"{note}DAVIS palette PNGs, one per frame of {clip.source}; 0 is background.\n")
+    if clip.original is not None and frames and frames == list(range(frames[0], frames[-1] + 1)):
+        for path in (paths["overlay"], paths["cutout"]):
+            if path is not None:
+                add_audio(path, clip.original, frames[0] / clip.fps, len(frames) / clip.fps)
     return paths
 
 

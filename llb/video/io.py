@@ -2,14 +2,17 @@
 
 One reader for every container: OpenCV's FFmpeg backend decodes mp4, webm, mov, avi, mkv and gif (imageio's
 ffmpeg reader cannot open gif). OpenCV's own writer has no H.264 in the PyPI wheels and its `mp4v` output does
-not play in Chromium, so writing goes through imageio-ffmpeg's bundled ffmpeg and libx264 instead.
+not play in Chromium, so writing goes through imageio-ffmpeg's bundled ffmpeg and libx264 instead (VP9 with an
+alpha plane for transparent WebM), and the same binary copies a source's audio track into a written video.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
+import subprocess
 import uuid
 from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
@@ -29,6 +32,7 @@ DEFAULT_FPS = 24.0
 _UPLOAD_HINT = "upload an mp4, webm, mov, avi or gif, or a folder of JPEG/PNG frames"
 
 Source = str | os.PathLike[str] | Iterable[np.ndarray]
+log = logging.getLogger(__name__)
 
 
 class VideoError(ValueError):
@@ -163,10 +167,11 @@ def probe(source: str | os.PathLike[str]) -> VideoInfo:
     )
 
 
-def _check_array(frame: Any, index: int) -> np.ndarray:
-    if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+def _check_array(frame: Any, index: int, channels: int = 3) -> np.ndarray:
+    if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != channels:
         desc = f"{frame.dtype} {frame.shape}" if isinstance(frame, np.ndarray) else type(frame).__name__
-        raise VideoError(f"bad frame {index}: expected an HxWx3 uint8 RGB array, got {desc}")
+        kind = "RGB" if channels == 3 else "RGBA"
+        raise VideoError(f"bad frame {index}: expected an HxWx{channels} uint8 {kind} array, got {desc}")
     return frame
 
 
@@ -247,7 +252,8 @@ def _resized(frames: Iterator[np.ndarray], max_side: int | None) -> Iterator[np.
 
 
 class VideoWriter:
-    """Write RGB frames to a browser-playable mp4 (H.264 High, yuv420p, moov atom first for streaming).
+    """Write RGB frames to a browser-playable mp4 (H.264 High, yuv420p, moov atom first for streaming), or with
+    `alpha`, RGBA frames to a transparent WebM (VP9, yuva420p; Chromium and Firefox play it with its alpha).
 
     Frames must all have the size of the first one. yuv420p needs even sizes, so an odd width or height is
     padded by one replicated edge pixel: a 321x241 input gives a 322x242 video (`size`). The file is written
@@ -255,16 +261,20 @@ class VideoWriter:
     appears under the final name; leaving the `with` block by an exception deletes the partial file.
     """
 
-    def __init__(self, path: str | os.PathLike[str], fps: float = DEFAULT_FPS, *, crf: int = 23) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], fps: float = DEFAULT_FPS, *, crf: int | None = None, alpha: bool = False
+    ) -> None:
         if not (math.isfinite(fps) and fps > 0):
             raise ValueError(f"fps must be a positive number, got {fps}")
         self.path = Path(path)
         self.fps = float(fps)
-        self.crf = crf
+        self.alpha = alpha
+        self.crf = crf if crf is not None else 32 if alpha else 23  # VP9's crf scale is not x264's
         self.frames_written = 0
         self.size: tuple[int, int] | None = None  # (width, height) of the encoded video
         self._input_shape: tuple[int, ...] | None = None
-        self._tmp = self.path.with_name(f".{self.path.stem}.{uuid.uuid4().hex[:8]}.partial.mp4")
+        suffix = ".webm" if alpha else ".mp4"
+        self._tmp = self.path.with_name(f".{self.path.stem}.{uuid.uuid4().hex[:8]}.partial{suffix}")
         self._gen: Generator[None, Any, None] | None = None
         self._closed = False
 
@@ -284,25 +294,31 @@ class VideoWriter:
         self._input_shape = shape
         self.size = (width + width % 2, height + height % 2)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.alpha:  # realtime / cpu-used 8: VP9 is otherwise about ten times slower than x264
+            codec, pix_in, pix_out = "libvpx-vp9", "rgba", "yuva420p"
+            params = ["-b:v", "0", "-crf", str(self.crf), "-deadline", "realtime", "-cpu-used", "8", "-row-mt", "1"]
+        else:
+            codec, pix_in, pix_out = "libx264", "rgb24", "yuv420p"
+            params = ["-preset", "veryfast", "-crf", str(self.crf), "-movflags", "+faststart"]
         self._gen = imageio_ffmpeg.write_frames(
             str(self._tmp),
             self.size,
             fps=self.fps,
-            codec="libx264",
-            pix_fmt_in="rgb24",
-            pix_fmt_out="yuv420p",
+            codec=codec,
+            pix_fmt_in=pix_in,
+            pix_fmt_out=pix_out,
             quality=None,
             macro_block_size=2,
             ffmpeg_log_level="error",
-            output_params=["-preset", "veryfast", "-crf", str(self.crf), "-movflags", "+faststart"],
+            output_params=params,
         )
         self._gen.send(None)
 
     def write(self, rgb: np.ndarray) -> None:
-        """Append one RGB uint8 HxWx3 frame."""
+        """Append one RGB uint8 HxWx3 frame (RGBA HxWx4 with `alpha`)."""
         if self._closed:
             raise RuntimeError(f"VideoWriter for {self.path} is already closed")
-        frame = _check_array(rgb, self.frames_written)
+        frame = _check_array(rgb, self.frames_written, 4 if self.alpha else 3)
         if self._gen is None:
             self._start(frame.shape)
         elif frame.shape != self._input_shape:
@@ -337,3 +353,34 @@ class VideoWriter:
         if self._gen is not None:
             self._gen.close()
         self._tmp.unlink(missing_ok=True)
+
+
+def has_audio(path: str | os.PathLike[str]) -> bool:
+    """Whether a video file holds an audio stream (ffmpeg's description of its streams)."""
+    out = subprocess.run([ffmpeg_exe(), "-hide_banner", "-i", os.fspath(path)], capture_output=True, text=True)
+    return any(line.lstrip().startswith("Stream #") and " Audio: " in line for line in out.stderr.splitlines())
+
+
+def add_audio(video: str | os.PathLike[str], source: str | os.PathLike[str], start: float, duration: float) -> bool:
+    """Copy `source`'s first audio track, from `start` seconds for `duration` seconds, into `video` (in place).
+
+    The video stream is copied as it is; the audio is re-encoded (AAC in mp4, Opus in WebM) so that any source
+    codec fits the container. False (and `video` unchanged) when the source has no audio or ffmpeg fails: a
+    result without its sound is still a result, so the failure is logged, not raised.
+    """
+    video, source = Path(video), Path(source)
+    if not source.is_file() or not has_audio(source):
+        return False
+    webm = video.suffix.lower() == ".webm"
+    tmp = video.with_name(f".{video.stem}.{uuid.uuid4().hex[:8]}.audio{video.suffix}")
+    cmd = [ffmpeg_exe(), "-hide_banner", "-v", "error", "-y", "-i", str(video)]
+    cmd += ["-ss", f"{start:.6f}", "-t", f"{duration:.6f}", "-i", str(source), "-map", "0:v:0", "-map", "1:a:0"]
+    cmd += ["-c:v", "copy", "-c:a", "libopus" if webm else "aac", "-b:a", "128k"]
+    cmd += [] if webm else ["-movflags", "+faststart"]
+    out = subprocess.run([*cmd, str(tmp)], capture_output=True, text=True)
+    if out.returncode != 0 or not tmp.is_file() or tmp.stat().st_size == 0:
+        tmp.unlink(missing_ok=True)
+        log.warning("the audio of %s could not be copied into %s: %s", source.name, video.name, out.stderr.strip())
+        return False
+    os.replace(tmp, video)
+    return True

@@ -140,7 +140,9 @@ def load_mask(path: str | os.PathLike[str], *, size: tuple[int, int] | None = No
     - colour image: each distinct non-black colour is an object, ids 1..K (DAVIS colours first, in palette
       order, then the rest in order of appearance); in RGBA, pixels with alpha < 128 are background.
 
-    `size` is the video's (width, height); a mask of another size is an error, as is a mask with no object.
+    `size` is the processed video's (width, height): a mask of another size with the same aspect ratio (made
+    on the source video, or on any resized copy of it) is scaled to it (nearest neighbour, ids kept); a mask of
+    another aspect ratio is an error, as is a mask with no object (also after scaling).
     """
     name = os.fspath(path)
     try:
@@ -151,22 +153,41 @@ def load_mask(path: str | os.PathLike[str], *, size: tuple[int, int] | None = No
         raise MaskError(f"no such mask file: {name}; upload the mask again") from err
     except (OSError, Image.DecompressionBombError) as err:
         raise MaskError(f"unreadable mask: {name} could not be read ({err}); upload a PNG mask") from err
-    height, width = labels.shape
-    if size is not None and (width, height) != tuple(size):
-        raise MaskError(
-            f"mask is {width}x{height} but the video frames are {size[0]}x{size[1]}; "
-            "export the mask from the first frame at the video's resolution"
-        )
+    scale = size is not None and labels.shape[::-1] != tuple(size)
+    if scale:
+        _check_aspect(labels.shape, size)
     if not object_ids(labels):
         raise MaskError(f"empty mask: {name} marks no object pixel; draw or click the object first")
+    if scale:
+        labels = cv2.resize(labels, (int(size[0]), int(size[1])), interpolation=cv2.INTER_NEAREST)
+        if not object_ids(labels):
+            raise MaskError(
+                f"the mask's objects vanish when it is scaled to the video's {size[0]}x{size[1]}; "
+                "draw them larger or click them in the app"
+            )
     return labels
+
+
+ASPECT_TOLERANCE = 0.01  # relative: 1920x1080 and 1920x1088 (a padded encode) count as the same shape
+
+
+def _check_aspect(shape: tuple[int, int], size: tuple[int, int]) -> None:
+    """MaskError unless a mask of `shape` (h, w) has the aspect ratio of the video's `size` (width, height)."""
+    height, width = shape
+    if abs(width * size[1] - height * size[0]) > ASPECT_TOLERANCE * width * size[1]:
+        raise MaskError(
+            f"mask is {width}x{height} (aspect {width / height:.2f}) but the video is {size[0]}x{size[1]} "
+            f"(aspect {size[0] / size[1]:.2f}); export the mask from a frame of this video, at its own "
+            "resolution or any size with the same aspect ratio"
+        )
 
 
 def overlay(frame: np.ndarray, labels: np.ndarray, *, alpha: float = 0.5, contour: bool = True) -> np.ndarray:
     """A new RGB frame with each object's palette colour blended over its pixels (weight `alpha`).
 
-    With `contour`, the object's inner boundary (about 1 px per 480 px of the shorter side) is drawn in the
-    same colour at full strength. Background and void pixels are left as they are.
+    With `contour`, each object gets a two-tone outline inside its border (about 1 px per 480 px of the shorter
+    side each): white outermost, then its colour at full strength, so that an object stays visible where its
+    colour matches the scene (DAVIS red on a red subject). Background and void pixels are left as they are.
     """
     frame = np.asarray(frame)
     labels = _as_labels(labels)
@@ -183,10 +204,16 @@ def overlay(frame: np.ndarray, labels: np.ndarray, *, alpha: float = 0.5, contou
     out[objects] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
     if contour:
         thickness = max(1, round(min(labels.shape) / 480))
-        kernel = np.ones((2 * thickness + 1, 2 * thickness + 1), dtype=np.uint8)
-        edge = objects & ((cv2.dilate(labels, kernel) != labels) | (cv2.erode(labels, kernel) != labels))
-        out[edge] = colours[edge]
+        outer, band = (objects & _near_other_label(labels, t) for t in (thickness, 2 * thickness))
+        out[band] = colours[band]
+        out[outer] = 255
     return out
+
+
+def _near_other_label(labels: np.ndarray, distance: int) -> np.ndarray:
+    """(H, W) bool: pixels with a different label within `distance` pixels (a square neighbourhood)."""
+    kernel = np.ones((2 * distance + 1, 2 * distance + 1), dtype=np.uint8)
+    return (cv2.dilate(labels, kernel) != labels) | (cv2.erode(labels, kernel) != labels)
 
 
 def labels_from_probs(probs: np.ndarray, ids: Sequence[int]) -> np.ndarray:
