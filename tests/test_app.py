@@ -22,12 +22,15 @@ import gradio as gr
 import numpy as np
 import pytest
 import torch
+from conftest import require_shared
 from PIL import Image
 
 from llb.checkpoint import save_checkpoint
 from llb.config import get_config
 from llb.network import LLBNet
+from llb.studio.clip import Clip
 from llb.studio.engine import Models
+from llb.studio.results import RunResult
 from llb.studio.settings import Settings
 from llb.video.io import VideoWriter, ffmpeg_exe, probe
 from llb.video.masks import save_palette_png
@@ -268,6 +271,82 @@ def test_mask_upload_and_reference_frame(app, clip, tmp_path):
         app.upload_mask(str(tmp_path / "small.png"), req)
     with pytest.raises(gr.Error, match="outside"):
         app.set_reference(99, req)
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max(1, (a | b).sum()))
+
+
+def still_clip(folder: Path, frames: list[np.ndarray]) -> Clip:
+    """A prepared clip made of `frames` (RGB) without the upload path, for frames bigger than the test limits."""
+    (folder / "frames").mkdir(parents=True)
+    for i, frame in enumerate(frames):
+        cv2.imwrite(str(folder / "frames" / f"{i:05d}.jpg"), frame[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])
+    h, w = frames[0].shape[:2]
+    return Clip(folder / "frames", folder / "input.mp4", 12.0, len(frames), w, h, "still.mp4", "")
+
+
+def propagated(app, req, folder: Path, clip: Clip, labels: dict[int, np.ndarray]) -> Any:
+    """`clip` loaded in the session with a finished run whose masks are `labels` (frame -> label map)."""
+    project = app.project_of(req)
+    with project.lock:
+        project.set_clip(clip)
+        project.add_object()
+        project.result = RunResult("llb", folder / "run", trained=False)
+    project.result.folder.mkdir()
+    for index, frame_labels in labels.items():
+        project.result.save(index, frame_labels)
+    return project
+
+
+def test_a_background_click_on_a_later_frame_trims_the_propagated_mask(app, tmp_path):
+    """DAVIS car-shadow, frame 30 at 640x360: the propagated mask is the car plus a false positive glued under
+    it; one background click on the false positive must remove it and keep the car (it used to erase all)."""
+    davis = require_shared("data", "davis2017-dev")
+    image = cv2.resize(
+        cv2.imread(str(davis / "JPEGImages" / "car-shadow" / "00030.jpg"))[..., ::-1], (640, 360), cv2.INTER_AREA
+    )
+    truth = np.array(Image.open(davis / "Annotations" / "car-shadow" / "00030.png"))
+    car = cv2.resize(truth, (640, 360), interpolation=cv2.INTER_NEAREST) == 1
+    ys, xs = np.nonzero(car)
+    cx, bottom = (xs.min() + xs.max()) // 2, ys.max()
+    wrong = car.copy()
+    wrong[bottom - 5 : bottom + 30, cx - 40 : cx + 40] = True
+    req = request("later-frame")
+    project = propagated(app, req, tmp_path, still_clip(tmp_path, [image, image]), {1: wrong.astype(np.uint8)})
+    app.show_frame(1, req)
+    assert iou(mask_of(app, req) == 1, car) < 0.9
+    app.click(int(cx), int(bottom + 18), "background", req)
+    fixed = mask_of(app, req) == 1
+    assert iou(fixed, car) > 0.95 and not fixed[bottom + 18, cx]
+    assert project.prompts()[1][bottom + 18, cx] == 0  # the corrected mask is what re-propagation starts from
+
+
+def test_clicks_for_a_second_object_keep_out_of_the_first(app, tmp_path):
+    """A small ball held against a big object: a click on the ball gives object 2 the ball, not the big
+    object's pixels, and object 1 keeps all of its own."""
+    rng = np.random.default_rng(1)
+    frame = rng.integers(70, 110, (H, W, 3), dtype=np.uint8)
+    frame[20:110, 40:110] = (200, 60, 50)  # the "person"
+    frame[50:62, 104:116] = (230, 220, 40)  # the "ball", overlapping its edge
+    person = np.zeros((H, W), bool)
+    person[20:110, 40:110] = True
+    person[50:62, 104:110] = False
+    ball = np.zeros((H, W), bool)
+    ball[50:62, 104:116] = True
+    req = request("keep-out")
+    project = app.project_of(req)
+    with project.lock:
+        project.set_clip(still_clip(tmp_path, [frame]))
+        project.set_labels(0, person.astype(np.uint8))
+    app.add_object("ball", req)
+    app.click(109, 56, "object", req)
+    labels = mask_of(app, req)
+    assert (labels[person] == 1).all()  # object 1 keeps every pixel
+    assert labels[56, 109] == 2 and (labels == 2).sum() < 3 * ball.sum()
+    assert iou(labels == 2, ball) > 0.5
+    app.click(60, 60, "object", req)  # a positive click on object 1 says "these pixels too"
+    assert mask_of(app, req)[60, 60] == 2
 
 
 def test_sessions_are_isolated(app, clip):

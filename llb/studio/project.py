@@ -241,8 +241,14 @@ class Project:
         return mask
 
     def _recompute(self, frame: int, edit: ObjectEdit, segmenter: ClickSegmenter) -> None:
+        """The current object's mask from its clicks: the prior is its mask there (the result being corrected),
+        and the other objects' pixels are kept out (they are not handed over unless clicked)."""
         image = self.require_clip().frame(frame)
-        mask = segmenter.segment(image, edit.clicks, edit.base) if edit.clicks else self._base(frame, edit)
+        if edit.clicks:
+            others = self.labels(frame, skip=self.current) > 0
+            mask = segmenter.segment(image, edit.clicks, edit.base, others)
+        else:
+            mask = self._base(frame, edit)
         edit.mask = self._combine(edit, mask)
 
     def clicks(self, frame: int) -> list[Click]:
@@ -253,9 +259,9 @@ class Project:
     def edited_frames(self) -> list[int]:
         return sorted({f for f, i in self.edits if i in self.objects})
 
-    def labels(self, frame: int) -> np.ndarray:
+    def labels(self, frame: int, skip: int | None = None) -> np.ndarray:
         """The label map shown and used as the prompt on `frame`: the result there (if any), with the edits
-        on top (object ids in order, a later id winning where masks overlap)."""
+        on top (object ids in order, a later id winning where masks overlap); without object `skip`."""
         clip = self.require_clip()
         labels = None
         if self.result is not None and frame != self.reference:
@@ -263,9 +269,10 @@ class Project:
         if labels is None:
             labels = np.zeros((clip.height, clip.width), dtype=np.uint8)
         else:
-            labels = np.where(np.isin(labels, list(self.objects)), labels, 0).astype(np.uint8)
+            keep = [i for i in self.objects if i != skip]
+            labels = np.where(np.isin(labels, keep), labels, 0).astype(np.uint8)
         for (f, i), edit in sorted(self.edits.items()):
-            if f == frame and i in self.objects and edit.mask is not None:
+            if f == frame and i in self.objects and i != skip and edit.mask is not None:
                 labels[labels == i] = 0
                 labels[edit.mask] = i
         return labels
