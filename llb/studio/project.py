@@ -191,9 +191,22 @@ class Project:
         clip = self.require_clip()
         if not (0 <= x < clip.width and 0 <= y < clip.height):
             raise ValueError(f"the click ({x}, {y}) is outside the {clip.width}x{clip.height} frame")
+        if not positive and not self._has_object(frame):
+            raise ValueError(
+                "a background click removes pixels from an object, and there is none here yet: set "
+                "“A click marks” to object and click the object first"
+            )
         _, edit = self._edit(frame)
         edit.clicks.append(Click(int(x), int(y), bool(positive)))
         self._recompute(frame, edit, segmenter)
+
+    def _has_object(self, frame: int) -> bool:
+        """Whether the current object has pixels or a positive click on `frame` (what a background click edits)."""
+        if self.current is None:
+            return False
+        if (edit := self.edits.get((frame, self.current))) is not None and any(c.positive for c in edit.clicks):
+            return True
+        return bool((self.labels(frame) == self.current).any())
 
     def undo_click(self, frame: int, segmenter: ClickSegmenter) -> None:
         _, edit = self._edit(frame)
