@@ -20,12 +20,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import cv2
 import gradio as gr
+import numpy as np
 
 from llb.bench.measure import release_memory
 from llb.checkpoint import CheckpointError
 from llb.interactive import ClickSegmenter, default_segmenter
-from llb.studio.clip import UPLOAD_TYPES, prepare_clip
+from llb.studio.clip import UPLOAD_FORMATS, UPLOAD_TYPES, prepare_clip
 from llb.studio.engine import NAMES, Models, device_name, propagate
 from llb.studio.examples import example_path, load_examples
 from llb.studio.project import Project, Sessions
@@ -34,6 +36,7 @@ from llb.studio.settings import UNTRAINED, Settings
 from llb.studio.views import (
     ADD_COLOUR,
     ERASE_COLOUR,
+    colour_scale,
     disagreement_table,
     editor_value,
     gate_table,
@@ -56,6 +59,7 @@ SESSIONS = Sessions(
 SESSIONS.close_on_exit()
 EXAMPLES = {e.title: e for e in load_examples(SETTINGS)}
 PROGRESS = gr.Progress()  # the default that tells Gradio to pass a progress tracker
+DISPLAY_SIDE = 480  # a smaller clip's working view is enlarged (nearest neighbour) to at least this side
 PREVIEW_EVERY_S = 0.3  # at most ~3 preview images a second reach the browser
 _segmenter: ClickSegmenter | None = None
 _segmenter_lock = threading.Lock()
@@ -129,11 +133,11 @@ def guard(fn: Callable) -> Callable:
     expected = (VideoError, CheckpointError, ValueError, IndexError)
 
     def fail(err: Exception) -> gr.Error:
-        if isinstance(err, gr.Error):
-            return err
-        if isinstance(err, expected):
+        if isinstance(err, (gr.Error, *expected)):  # the person's mistake: one log line, no traceback
             log.info("%s: %s", fn.__name__, err)
-            return gr.Error(plain(str(err)))
+            message = err.message if isinstance(err, gr.Error) else plain(str(err))
+            duration = err.duration if isinstance(err, gr.Error) else 10
+            return gr.Error(message, duration=duration, print_exception=False)
         log.exception("unexpected error in %s", fn.__name__)
         return gr.Error(f"Something went wrong on the server ({type(err).__name__}). The app keeps running; try again.")
 
@@ -168,13 +172,23 @@ def model_status() -> str:
     return ""
 
 
+def display_scale(project: Project) -> int:
+    """How many times the working view is enlarged on the page: a tiny video (64x48) is shown at least
+    DISPLAY_SIDE px wide or high so that it can be clicked; clicks are divided back (`on_select`)."""
+    clip = project.clip
+    return 1 if clip is None else max(1, DISPLAY_SIDE // max(clip.width, clip.height))
+
+
 def refresh(project: Project, message: str = "") -> tuple:
     """Values of the working-frame outputs: view, editor, object dropdown, name box, legend, status."""
     objects = gr.update(choices=project.choices(), value=project.current)
     name = project.objects.get(project.current, "") if project.current else ""
     frame = f"frame {project.active}" + (" (reference)" if project.active == project.reference else " (correction)")
     status = message or (f"{frame}: {len(project.objects)} object(s)" if project.clip else "")
-    return working_view(project), editor_value(project), objects, name, legend(project), status
+    view, scale = working_view(project), display_scale(project)
+    if view is not None and scale > 1:
+        view = cv2.resize(view, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+    return view, editor_value(project), objects, name, legend(project), status
 
 
 @contextlib.contextmanager
@@ -194,6 +208,11 @@ def frame_slider(first: int, last: int, value: int) -> dict:
     return gr.update(minimum=first, maximum=max(last, first + 1), value=value, interactive=last > first)
 
 
+# What a new clip resets (after the loaded outputs): the previous clip's preview, overlay, cut-out, masks zip,
+# transparent cut-out zip, comparison (status, two videos, two plots), gate maps, and the click mode back to "object".
+CLEARED = (None, None, None, None, None, "", None, None, None, None, None, "object")
+
+
 def _load(project: Project, path: str) -> tuple:
     with job(project, "load"):
         clip = prepare_clip(path, project.workdir, SETTINGS)
@@ -209,6 +228,7 @@ def _load(project: Project, path: str) -> tuple:
         frame_slider(0, last, 0),
         frame_slider(0, last, 0),
         *refresh(project, f"loaded {clip.source}: {clip.num_frames} frames"),
+        *CLEARED,
     )
 
 
@@ -266,8 +286,9 @@ def click(x: float, y: float, mode: str, request: gr.Request) -> tuple:
 
 def on_select(mode: str, evt: gr.SelectData, request: gr.Request) -> tuple:
     """A click on the image in the browser (the API uses `click`)."""
+    scale = display_scale(project_of(request))
     x, y = evt.index
-    return click(x, y, mode, request)
+    return click(int(x) // scale, int(y) // scale, mode, request)
 
 
 @guard
@@ -351,12 +372,18 @@ def _require_model(variant: str) -> None:
         raise gr.Error(problem, duration=None)
 
 
+def heatmaps(result: RunResult, index: int, names: dict[int, str]) -> np.ndarray | None:
+    """The gate heat maps of frame `index` with their colour scale (0..1) underneath."""
+    heat = gate_heatmaps(result, index, names)
+    return None if heat is None else np.vstack([heat, colour_scale(heat.shape[1])])
+
+
 def _results(project: Project, result: RunResult, cutout: str) -> tuple:
     """Overlay video, cut-out video, masks zip, gate plot and heat map of a finished (or stopped) run."""
     paths = render(result, project.require_clip(), project.workdir / "outputs", cutout)
     project.keep_outputs("run", list(paths.values()))
     first = min(result.gates, default=0)
-    heat = gate_heatmaps(result, first, project.objects)
+    heat = heatmaps(result, first, project.objects)
     return (
         str(paths["overlay"]),
         str(paths["cutout"]) if paths["cutout"] else None,
@@ -454,7 +481,7 @@ def compare(request: gr.Request, progress: gr.Progress = PROGRESS) -> Iterator:
         disagreement_table(llb, joint),
         gate_table(llb),
         frame_slider(first, max(llb.gates, default=0), first),
-        gate_heatmaps(llb, first, project.objects),
+        heatmaps(llb, first, project.objects),
     )
 
 
@@ -465,7 +492,24 @@ def gate_frame(index: float, request: gr.Request) -> Any:
     result = project.compare.get("llb") or project.result
     if result is None or not result.gates:
         raise gr.Error("run (or compare) first: the gate maps come from an LLB run")
-    return gate_heatmaps(result, whole(index, "the frame"), project.objects)
+    return heatmaps(result, whole(index, "the frame"), project.objects)
+
+
+def buttons(request: gr.Request) -> tuple:
+    """Run, Compare and Re-propagate, each enabled only when it can start: a trained network, a clip, an object
+    on the reference frame, no job going in this session, and for Re-propagate a finished run."""
+    project = project_of(request)
+    with project.lock:
+        idle = project.job is None and project.clip is not None and MODELS.problem("llb") is None
+        can_run = idle and project.reference in project.prompts()
+        done = can_run and project.result is not None
+    compare_ready = can_run and MODELS.problem("joint") is None
+    return gr.update(interactive=can_run), gr.update(interactive=compare_ready), gr.update(interactive=done)
+
+
+def busy_buttons() -> tuple:
+    """Run, Compare and Re-propagate disabled while a job starts and runs (a double click runs it once)."""
+    return (gr.update(interactive=False),) * 3
 
 
 def close_session(request: gr.Request) -> None:
@@ -474,7 +518,6 @@ def close_session(request: gr.Request) -> None:
 
 def build() -> gr.Blocks:
     """The Blocks app (not launched)."""
-    ready = MODELS.problem("llb") is None
     with gr.Blocks(title="LLB video object segmentation", delete_cache=(900, 3600)) as demo:
         gr.Markdown(
             "# LLB: video object segmentation\n"
@@ -485,7 +528,7 @@ def build() -> gr.Blocks:
         with gr.Row():
             with gr.Column(scale=2):
                 upload = gr.File(
-                    label="1. Upload a video (mp4, webm, mov, avi, mkv, gif) or a zip of frames",
+                    label=f"1. Upload {UPLOAD_FORMATS}",
                     file_types=list(UPLOAD_TYPES),
                     elem_id="upload",
                 )
@@ -535,7 +578,7 @@ def build() -> gr.Blocks:
                 status = gr.Textbox(label="Status", interactive=False, elem_id="status")
         with gr.Row():
             cutout = gr.Radio(list(CUTOUTS), value="none", label="Cut-out video", elem_id="cutout-mode")
-            run_btn = gr.Button("4. Run", variant="primary", interactive=ready, elem_id="run")
+            run_btn = gr.Button("4. Run", variant="primary", interactive=False, elem_id="run")
             stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
         with gr.Row():
             preview = gr.Image(label="Propagating", interactive=False, elem_id="preview")
@@ -546,7 +589,7 @@ def build() -> gr.Blocks:
             alpha_zip = gr.File(label="Transparent cut-out (RGBA PNGs, zip)", interactive=False, elem_id="alpha-zip")
         with gr.Tabs():
             with gr.Tab("6. Compare LLB and JOINT", elem_id="compare-tab"):
-                compare_btn = gr.Button("Compare", interactive=ready, elem_id="compare")
+                compare_btn = gr.Button("Compare", interactive=False, elem_id="compare")
                 compare_status = gr.Textbox(label="Comparison", interactive=False, elem_id="compare-status")
                 with gr.Row():
                     cmp_llb = gr.Video(label="LLB (AFM fusion)", interactive=False, elem_id="cmp-llb")
@@ -569,41 +612,53 @@ def build() -> gr.Blocks:
                     "the fixed frame joins the memory and the frames after it are tracked again."
                 )
                 correct_frame = gr.Slider(0, 1, value=0, step=1, label="Frame to correct", elem_id="correct-frame")
-                repro_btn = gr.Button("Re-propagate from this frame", interactive=ready, elem_id="repropagate")
+                repro_btn = gr.Button("Re-propagate from this frame", interactive=False, elem_id="repropagate")
 
         working = [view, editor, objects, name, legend_html, status]
-        loaded = [clip_info, input_video, ref, correct_frame, *working]
+        cleared = [preview, out_video, cut_video, masks_zip, alpha_zip, compare_status, cmp_llb, cmp_joint]
+        loaded = [clip_info, input_video, ref, correct_frame, *working, *cleared, disagree, gates, gate_image, mode]
         results = [
             *(preview, status, out_video, cut_video, masks_zip, alpha_zip),
             *(gates, gate_slider, gate_image, correct_frame),
         ]
         engine = {"concurrency_id": "engine", "concurrency_limit": SETTINGS.max_jobs}
-        upload.upload(load_video, upload, loaded, api_name="load_video")
-        example.input(load_example, example, loaded, api_name="load_example")
-        ref.release(set_reference, ref, working, api_name="set_reference")
-        view.select(on_select, mode, working, api_visibility="private")
-        click_btn.click(click, [click_x, click_y, mode], working, api_name="click")
-        undo_btn.click(undo_click, None, working, api_name="undo_click")
-        paint_btn.click(paint, editor, working, api_name="paint")
-        mask_file.upload(upload_mask, mask_file, working, api_name="upload_mask")
-        add_btn.click(add_object, name, working, api_name="add_object")
-        objects.input(select_object, objects, working, api_name="select_object")
-        rename_btn.click(rename_object, name, working, api_name="rename_object")
-        delete_btn.click(delete_object, None, working, api_name="delete_object")
-        run_btn.click(run, [cutout, editor], results, api_name="run", show_progress_on=[status], **engine)
+        jobs = [run_btn, compare_btn, repro_btn]
+        quiet = {"api_visibility": "private", "queue": False}
+        on_status = {"show_progress_on": [status]}  # progress and errors on the status line, not on the editor
+
+        def then_buttons(event: Any) -> None:
+            event.then(buttons, None, jobs, **quiet)
+
+        then_buttons(upload.upload(load_video, upload, loaded, api_name="load_video", show_progress_on=[clip_info]))
+        then_buttons(
+            example.input(load_example, example, loaded, api_name="load_example", show_progress_on=[clip_info])
+        )
+        then_buttons(ref.release(set_reference, ref, working, api_name="set_reference", **on_status))
+        then_buttons(view.select(on_select, mode, working, api_visibility="private", **on_status))
+        then_buttons(click_btn.click(click, [click_x, click_y, mode], working, api_name="click", **on_status))
+        then_buttons(undo_btn.click(undo_click, None, working, api_name="undo_click", **on_status))
+        then_buttons(paint_btn.click(paint, editor, working, api_name="paint", **on_status))
+        then_buttons(mask_file.upload(upload_mask, mask_file, working, api_name="upload_mask", **on_status))
+        then_buttons(add_btn.click(add_object, name, working, api_name="add_object", **on_status))
+        then_buttons(objects.input(select_object, objects, working, api_name="select_object", **on_status))
+        rename_btn.click(rename_object, name, working, api_name="rename_object", **on_status)
+        then_buttons(delete_btn.click(delete_object, None, working, api_name="delete_object", **on_status))
+        running = run_btn.click(busy_buttons, None, jobs, **quiet)
+        then_buttons(running.then(run, [cutout, editor], results, api_name="run", **on_status, **engine))
         stop_btn.click(stop, None, status, api_name="stop", concurrency_limit=None)
-        correct_frame.release(show_frame, correct_frame, working, api_name="show_frame")
-        repro_btn.click(
-            repropagate,
-            [correct_frame, cutout, editor],
-            results,
-            api_name="repropagate",
-            show_progress_on=[status],
-            **engine,
+        correct_frame.release(show_frame, correct_frame, working, api_name="show_frame", **on_status)
+        running = repro_btn.click(busy_buttons, None, jobs, **quiet)
+        then_buttons(
+            running.then(
+                repropagate, [correct_frame, cutout, editor], results, api_name="repropagate", **on_status, **engine
+            )
         )
         compare_outputs = [compare_status, cmp_llb, cmp_joint, disagree, gates, gate_slider, gate_image]
-        compare_btn.click(
-            compare, None, compare_outputs, api_name="compare", show_progress_on=[compare_status], **engine
+        running = compare_btn.click(busy_buttons, None, jobs, **quiet)
+        then_buttons(
+            running.then(
+                compare, None, compare_outputs, api_name="compare", show_progress_on=[compare_status], **engine
+            )
         )
         gate_slider.release(gate_frame, gate_slider, gate_image, api_name="gate_frame")
         demo.unload(close_session)

@@ -22,12 +22,16 @@ import gradio as gr
 import numpy as np
 import pytest
 import torch
+from conftest import require_shared
 from PIL import Image
 
 from llb.checkpoint import save_checkpoint
 from llb.config import get_config
+from llb.interactive import Click
 from llb.network import LLBNet
+from llb.studio.clip import Clip
 from llb.studio.engine import Models
+from llb.studio.results import RunResult
 from llb.studio.settings import Settings
 from llb.video.io import VideoWriter, ffmpeg_exe, probe
 from llb.video.masks import save_palette_png
@@ -140,7 +144,7 @@ def test_upload_shows_the_first_frame_and_limits_are_explained(app, clip, tmp_pa
     assert "12 frames" in info and "160x120" in info
     assert probe(preview).num_frames == N
     assert ref["maximum"] == N - 1
-    assert out[4].shape == (H, W, 3)  # the working view
+    assert out[4].shape == (3 * H, 3 * W, 3)  # the working view, enlarged to be clicked (see the tiny video test)
     long = write_video(tmp_path / "long.mp4", make_frames(20, 320, 240))
     info = app.load_video(str(long), request("upload"))[0]
     assert "Trimmed" in info and "20 frames" in info and "first 12 frames" in info
@@ -209,6 +213,107 @@ def test_example_clip_loads_with_credit(app):
         app.load_example("nope", request("example"))
 
 
+def events(demo: gr.Blocks) -> dict[str, Any]:
+    """The app's event handlers by function name (the last one of a name wins)."""
+    return {fn.name: fn for fn in demo.fns.values()}
+
+
+def test_a_new_clip_clears_the_previous_results_and_the_click_mode(app, clip):
+    req = request("new-clip")
+    app.load_video(str(clip), req)
+    with pytest.raises(gr.Error, match="click the object first"):
+        app.click(5, 5, "background", req)  # no object yet: a message, not an empty object
+    assert not app.project_of(req).objects
+    app.click(*square_click(), "object", req)
+    app.click(5, 5, "background", req)
+    out = app.load_video(str(clip), req)
+    assert out[-len(app.CLEARED) :] == app.CLEARED and out[-1] == "object"
+    demo = app.build()
+    loading = events(demo)["load_video"]
+    ids = [c._id for c in loading.outputs[-len(app.CLEARED) :]]
+    by_id = {b._id: b for b in demo.blocks.values()}
+    shown = {by_id[i].elem_id for i in ids}
+    assert {"preview", "vout", "cutout", "masks-zip", "cmp-llb", "cmp-joint", "gate-maps", "mode"} <= shown
+
+
+def test_run_compare_and_repropagate_wait_for_a_clip_an_object_and_the_running_job(app, clip):
+    req = request("buttons")
+
+    def enabled() -> list[bool]:
+        return [u["interactive"] for u in app.buttons(req)]
+
+    assert enabled() == [False, False, False]  # nothing loaded
+    app.load_video(str(clip), req)
+    assert enabled() == [False, False, False]  # no object
+    app.click(*square_click(), "object", req)
+    assert enabled() == [True, True, False]  # nothing to re-propagate yet
+    project = app.project_of(req)
+    project.job = "run"
+    assert enabled() == [False, False, False]  # one job at a time
+    project.job = None
+    project.result = RunResult("llb", project.workdir, trained=False)
+    assert enabled() == [True, True, True]
+    demo = app.build()
+    fns = events(demo)
+    for name in ("run", "repropagate", "compare"):
+        first = next(f for f in demo.fns.values() if f._id == fns[name].trigger_after)
+        assert first.name == "busy_buttons" and not first.queue  # disabled at once, before the job queues
+        after = [f for f in demo.fns.values() if f.trigger_after == fns[name]._id]
+        assert [f.name for f in after] == ["buttons"]
+    run_button = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "run")
+    assert run_button.interactive is False
+
+
+def test_a_bad_upload_is_one_message_in_the_upload_boxs_words(app, tmp_path, caplog):
+    from llb.studio.clip import UPLOAD_FORMATS
+
+    demo = app.build()
+    box = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "upload")
+    assert UPLOAD_FORMATS in box.label
+    for name, content in (("notes.txt", b"hello"), ("notes.mp4", b"not a video"), ("empty.mp4", b"")):
+        path = tmp_path / name
+        path.write_bytes(content)
+        caplog.clear()
+        with caplog.at_level("INFO", logger="llb.app"), pytest.raises(gr.Error) as err:
+            app.load_video(str(path), request("bad-formats"))
+        assert err.value.message.endswith(f"upload {UPLOAD_FORMATS}") and not err.value.print_exception
+        assert [r.exc_info for r in caplog.records] == [None]  # one line in the server's log, no traceback
+    by_id = {b._id: b for b in demo.blocks.values()}
+    for name in ("load_video", "load_example"):
+        assert [by_id[c._id].elem_id for c in events(demo)[name].show_progress_on] == ["clip-info"]
+
+
+def test_working_frame_events_show_progress_on_the_status_line(app):
+    """The brush editor is an output of Apply: a spinner on it could stay after the new value came."""
+    demo = app.build()
+    by_id = {b._id: b for b in demo.blocks.values()}
+    for name in ("paint", "click", "on_select", "undo_click", "upload_mask", "add_object", "delete_object"):
+        assert [by_id[c._id].elem_id for c in events(demo)[name].show_progress_on] == ["status"], name
+
+
+def test_gate_maps_have_a_colour_scale(app, tmp_path):
+    result = RunResult("llb", tmp_path, trained=True)
+    ramp = np.linspace(0, 1, 20, dtype=np.float32)
+    result.gates = {3: {1: np.stack([np.tile(ramp, (12, 1)), np.zeros((12, 20), np.float32)])}}
+    heat = app.heatmaps(result, 3, {1: "dog"})
+    bar = heat[-34:]
+    assert heat.shape[1] == 2 * 320 + 6 and heat.shape[0] == 192 + 34
+    dark, bright = bar[5, 12].astype(int), bar[5, -12].astype(int)
+    assert bright[1] > 200 and dark[1] < 30  # viridis: dark purple at 0 (left), yellow at 1 (right)
+    assert np.abs(heat[100, 2].astype(int) - dark).max() < 30  # the map's 0 has the scale's 0 colour
+
+
+def test_a_tiny_video_is_shown_enlarged_and_clicks_map_back(app, tmp_path):
+    tiny = write_video(tmp_path / "tiny.mp4", make_frames(3, 64, 48))
+    req = request("tiny")
+    out = app.load_video(str(tiny), req)
+    assert out[4].shape == (48 * 7, 64 * 7, 3)
+    x, y = 64 // 4 + 64 // 8, 48 // 4 + 48 // 6
+    working = app.on_select("object", SimpleNamespace(index=[x * 7 + 3, y * 7 + 5]), req)
+    assert app.project_of(req).clicks(0) == [Click(x, y, True)]
+    assert working[0].shape == (48 * 7, 64 * 7, 3) and mask_of(app, req)[y, x] == 1
+
+
 # 2-3. reference frame and objects
 
 
@@ -271,6 +376,82 @@ def test_mask_upload_and_reference_frame(app, clip, tmp_path):
         app.upload_mask(str(tmp_path / "small.png"), req)
     with pytest.raises(gr.Error, match="outside"):
         app.set_reference(99, req)
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max(1, (a | b).sum()))
+
+
+def still_clip(folder: Path, frames: list[np.ndarray]) -> Clip:
+    """A prepared clip made of `frames` (RGB) without the upload path, for frames bigger than the test limits."""
+    (folder / "frames").mkdir(parents=True)
+    for i, frame in enumerate(frames):
+        cv2.imwrite(str(folder / "frames" / f"{i:05d}.jpg"), frame[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])
+    h, w = frames[0].shape[:2]
+    return Clip(folder / "frames", folder / "input.mp4", 12.0, len(frames), w, h, "still.mp4", "")
+
+
+def propagated(app, req, folder: Path, clip: Clip, labels: dict[int, np.ndarray]) -> Any:
+    """`clip` loaded in the session with a finished run whose masks are `labels` (frame -> label map)."""
+    project = app.project_of(req)
+    with project.lock:
+        project.set_clip(clip)
+        project.add_object()
+        project.result = RunResult("llb", folder / "run", trained=False)
+    project.result.folder.mkdir()
+    for index, frame_labels in labels.items():
+        project.result.save(index, frame_labels)
+    return project
+
+
+def test_a_background_click_on_a_later_frame_trims_the_propagated_mask(app, tmp_path):
+    """DAVIS car-shadow, frame 30 at 640x360: the propagated mask is the car plus a false positive glued under
+    it; one background click on the false positive must remove it and keep the car (it used to erase all)."""
+    davis = require_shared("data", "davis2017-dev")
+    image = cv2.resize(
+        cv2.imread(str(davis / "JPEGImages" / "car-shadow" / "00030.jpg"))[..., ::-1], (640, 360), cv2.INTER_AREA
+    )
+    truth = np.array(Image.open(davis / "Annotations" / "car-shadow" / "00030.png"))
+    car = cv2.resize(truth, (640, 360), interpolation=cv2.INTER_NEAREST) == 1
+    ys, xs = np.nonzero(car)
+    cx, bottom = (xs.min() + xs.max()) // 2, ys.max()
+    wrong = car.copy()
+    wrong[bottom - 5 : bottom + 30, cx - 40 : cx + 40] = True
+    req = request("later-frame")
+    project = propagated(app, req, tmp_path, still_clip(tmp_path, [image, image]), {1: wrong.astype(np.uint8)})
+    app.show_frame(1, req)
+    assert iou(mask_of(app, req) == 1, car) < 0.9
+    app.click(int(cx), int(bottom + 18), "background", req)
+    fixed = mask_of(app, req) == 1
+    assert iou(fixed, car) > 0.95 and not fixed[bottom + 18, cx]
+    assert project.prompts()[1][bottom + 18, cx] == 0  # the corrected mask is what re-propagation starts from
+
+
+def test_clicks_for_a_second_object_keep_out_of_the_first(app, tmp_path):
+    """A small ball held against a big object: a click on the ball gives object 2 the ball, not the big
+    object's pixels, and object 1 keeps all of its own."""
+    rng = np.random.default_rng(1)
+    frame = rng.integers(70, 110, (H, W, 3), dtype=np.uint8)
+    frame[20:110, 40:110] = (200, 60, 50)  # the "person"
+    frame[50:62, 104:116] = (230, 220, 40)  # the "ball", overlapping its edge
+    person = np.zeros((H, W), bool)
+    person[20:110, 40:110] = True
+    person[50:62, 104:110] = False
+    ball = np.zeros((H, W), bool)
+    ball[50:62, 104:116] = True
+    req = request("keep-out")
+    project = app.project_of(req)
+    with project.lock:
+        project.set_clip(still_clip(tmp_path, [frame]))
+        project.set_labels(0, person.astype(np.uint8))
+    app.add_object("ball", req)
+    app.click(109, 56, "object", req)
+    labels = mask_of(app, req)
+    assert (labels[person] == 1).all()  # object 1 keeps every pixel
+    assert labels[56, 109] == 2 and (labels == 2).sum() < 3 * ball.sum()
+    assert iou(labels == 2, ball) > 0.5
+    app.click(60, 60, "object", req)  # a positive click on object 1 says "these pixels too"
+    assert mask_of(app, req)[60, 60] == 2
 
 
 def test_sessions_are_isolated(app, clip):

@@ -25,11 +25,19 @@ class ClickSegmenter(Protocol):
 
     `prior` is the object's current mask on that frame when there is one (a propagated result being
     corrected, an uploaded mask); backends use it as the starting guess that the clicks then fix.
+    `avoid` (H, W) bool marks the other objects' pixels: the mask keeps out of them (see `keep_out`), so a
+    click for a small object held by a bigger one gets the small object, not both.
     """
 
     name: str
 
-    def segment(self, image: np.ndarray, clicks: Sequence[Click], prior: np.ndarray | None = None) -> np.ndarray:
+    def segment(
+        self,
+        image: np.ndarray,
+        clicks: Sequence[Click],
+        prior: np.ndarray | None = None,
+        avoid: np.ndarray | None = None,
+    ) -> np.ndarray:
         """(H, W) bool mask; empty when there is no positive click and no prior."""
         ...
 
@@ -52,6 +60,42 @@ def pin_clicks(mask: np.ndarray, clicks: Sequence[Click]) -> np.ndarray:
     for c in clicks:
         cv2.circle(pins, (c.x, c.y), radius, int(c.positive), -1)
     return np.where(pins == 255, mask, pins == 1)
+
+
+def keep_out_region(avoid: np.ndarray | None, clicks: Sequence[Click]) -> np.ndarray | None:
+    """The part of `avoid` (H, W) bool (other objects' pixels) a mask must keep out of: all of it except the
+    connected parts a positive click falls on (a click there says the person wants those pixels); None when
+    nothing is left."""
+    if avoid is None or not avoid.any():
+        return None
+    inside = [c for c in clicks if c.positive and avoid[c.y, c.x]]
+    if inside:
+        _, parts = cv2.connectedComponents(avoid.astype(np.uint8), connectivity=8)
+        avoid = avoid & ~np.isin(parts, [parts[c.y, c.x] for c in inside])
+    return avoid if avoid.any() else None
+
+
+def keep_out(mask: np.ndarray, avoid: np.ndarray | None, clicks: Sequence[Click]) -> np.ndarray:
+    """`mask` (H, W) bool without the pixels of `avoid` it must keep out of (`keep_out_region`)."""
+    region = keep_out_region(avoid, clicks)
+    return mask if region is None else mask & ~region
+
+
+def anchor_click(prior: np.ndarray, clicks: Sequence[Click]) -> Click | None:
+    """A hidden positive click at the deepest interior point of `prior` (H, W) bool (the distance transform's
+    maximum), away from the negative clicks: a correction of a mask that already exists starts from "this is
+    the object", so that one background click on a false positive trims it instead of erasing the object.
+    None when the prior has no pixel left outside the negative clicks' discs."""
+    inside = prior.astype(np.uint8)
+    radius = 2 * click_radius(prior.shape)
+    for c in clicks:
+        if not c.positive:
+            cv2.circle(inside, (c.x, c.y), radius, 0, -1)
+    if not inside.any():
+        return None
+    depth = cv2.distanceTransform(inside, cv2.DIST_L2, 5)
+    y, x = np.unravel_index(int(np.argmax(depth)), depth.shape)
+    return Click(int(x), int(y), True)
 
 
 def progressive_merge(prev: np.ndarray, new: np.ndarray, click: Click) -> np.ndarray:
@@ -81,16 +125,23 @@ class ClickHistory:
         self._masks.clear()
 
     @staticmethod
-    def start(prior: np.ndarray | None) -> bytes:
-        """Key of the mask a sequence starts from (none, or a hash of the prior)."""
-        return b"" if prior is None else hashlib.blake2b(np.packbits(prior).tobytes(), digest_size=8).digest()
+    def start(prior: np.ndarray | None, avoid: np.ndarray | None = None) -> bytes:
+        """Key of the mask a sequence starts from (none, or a hash of the prior) and of the pixels it avoids."""
+        key = b""
+        for mask in (prior, avoid):
+            key += b"-" if mask is None else hashlib.blake2b(np.packbits(mask).tobytes(), digest_size=8).digest()
+        return key
 
     def resume(
-        self, prior: np.ndarray | None, clicks: Sequence[Click], shape: tuple[int, int]
+        self,
+        prior: np.ndarray | None,
+        clicks: Sequence[Click],
+        shape: tuple[int, int],
+        avoid: np.ndarray | None = None,
     ) -> tuple[bytes, np.ndarray, int]:
         """(start key, mask, k): the stored mask after the longest known prefix of `clicks` and its length k,
         or the prior (an empty mask without one) and 0."""
-        start = self.start(prior)
+        start = self.start(prior, avoid)
         for k in range(len(clicks), 0, -1):
             mask = self._masks.get((start, *clicks[:k]))
             if mask is not None:

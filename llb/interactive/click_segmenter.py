@@ -18,6 +18,14 @@ Progressive merge (FocalClick, Chen et al. 2022; `progressive_merge`): a correct
 first, and the first one when a prior is being corrected) keeps only the connected part of the change that
 holds it, so a click cannot undo what earlier clicks fixed elsewhere.
 
+Correcting a mask that exists (a propagated result on a later frame, an uploaded mask): it is the previous mask
+of the first pass, and a hidden positive "anchor" click at its deepest interior point (`anchor_click`) goes before
+the person's clicks, so the model refines the object it is shown (and zooms in on it) instead of reading one
+background click as "nothing here".
+
+Other objects (`avoid`): their pixels are cut out of the start mask and of every pass's result, and their
+saliency is zeroed in the model's input, unless a positive click falls on them (`keep_out_region`).
+
 Guided filter (He et al. 2010; `guided_filter.refine_mask`): the logits, resized to the crop's full resolution,
 become probabilities that a colour guided filter snaps to the image's edges before the 0.5 threshold.
 """
@@ -33,7 +41,15 @@ import cv2
 import numpy as np
 import torch
 
-from .base import Click, ClickHistory, pin_clicks, progressive_merge, trivial_mask
+from .base import (
+    Click,
+    ClickHistory,
+    anchor_click,
+    keep_out_region,
+    pin_clicks,
+    progressive_merge,
+    trivial_mask,
+)
 from .click_checkpoint import KEY, load_click_model
 from .click_model import ClickModel, guidance_maps, salient_start, working_size
 from .guided_filter import refine_mask
@@ -190,33 +206,52 @@ class ClickModelSegmenter:
         return box
 
     @torch.no_grad()
-    def _step(self, mask: np.ndarray, clicks: Sequence[Click], corrective: bool) -> np.ndarray:
+    def _step(
+        self, mask: np.ndarray, clicks: Sequence[Click], corrective: bool, avoid: np.ndarray | None = None
+    ) -> np.ndarray:
         """One pass: the mask (H, W) bool after the last of `clicks`, given the mask before it; a `corrective`
-        click's change is merged progressively."""
+        click's change is merged progressively; `avoid` (H, W) bool pixels stay out of it."""
         box = self._reuse(zoom_box(mask, clicks) if self.zoom else (0, 0, *mask.shape[::-1]))
         view = self._view(box)
         x0, y0, x1, y1 = box
         h, w = view.rgb.shape[-2:]
         points = [(*crop_point(c.x, c.y, box, (h, w)), c.positive) for c in clicks]
         prev = crop_mask(mask, box, (h, w))
-        guide = guidance_maps(points, torch.from_numpy(prev), view.saliency, self.model.cfg)[None]
+        saliency = view.saliency
+        if avoid is not None:
+            saliency = saliency * torch.from_numpy(~crop_mask(avoid, box, (h, w)))
+        guide = guidance_maps(points, torch.from_numpy(prev), saliency, self.model.cfg)[None]
         logits = self.model(view.feats, guide, view.rgb)[0, 0].numpy()
         logits = cv2.resize(logits, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
         out = mask.copy()
         out[y0:y1, x0:x1] = refine_mask(self._image[y0:y1, x0:x1], logits) if self.refine else logits > 0
+        if avoid is not None:
+            out &= ~avoid
         return progressive_merge(mask, out, clicks[-1]) if self.merge and corrective else out
 
-    def segment(self, image: np.ndarray, clicks: Sequence[Click], prior: np.ndarray | None = None) -> np.ndarray:
+    def segment(
+        self,
+        image: np.ndarray,
+        clicks: Sequence[Click],
+        prior: np.ndarray | None = None,
+        avoid: np.ndarray | None = None,
+    ) -> np.ndarray:
         h, w = image.shape[:2]
         prior = prior.astype(bool) if prior is not None and prior.any() else None
+        avoid = avoid.astype(bool) if avoid is not None and avoid.any() else None
         if (trivial := trivial_mask(clicks, prior, (h, w))) is not None:
             return trivial
         self.prepare(image)
-        start, mask, done = self._history.resume(prior, clicks, (h, w))
+        start, mask, done = self._history.resume(prior, clicks, (h, w), avoid)
         if done == 0 and prior is None and self.model.cfg.salient_start:
             assert self._saliency is not None
             mask = salient_start(self._saliency, [(c.x, c.y, c.positive) for c in clicks[:1]])
+            if (region := keep_out_region(avoid, clicks[:1])) is not None:
+                mask &= ~region
         for k in range(done + 1, len(clicks) + 1):
-            mask = self._step(mask, clicks[:k], corrective=k > 1 or prior is not None)
+            anchor = anchor_click(prior, clicks[:k]) if prior is not None else None
+            shown = [anchor, *clicks[:k]] if anchor is not None else list(clicks[:k])
+            region = keep_out_region(avoid, clicks[:k])
+            mask = self._step(mask, shown, corrective=k > 1 or prior is not None, avoid=region)
             self._history.add(start, clicks[:k], mask)
         return pin_clicks(mask, clicks)

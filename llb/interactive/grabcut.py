@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 import cv2
 import numpy as np
 
-from .base import Click, click_radius
+from .base import Click, click_radius, keep_out
 
 WORK_SIDE = 400  # GrabCut runs at most at this size (speed); the mask is scaled back
 ITERATIONS = 4
@@ -37,7 +37,17 @@ class GrabCutSegmenter:
         """Itself: it keeps no per-frame state, so sessions can share it."""
         return self
 
-    def segment(self, image: np.ndarray, clicks: Sequence[Click], prior: np.ndarray | None = None) -> np.ndarray:
+    def segment(
+        self,
+        image: np.ndarray,
+        clicks: Sequence[Click],
+        prior: np.ndarray | None = None,
+        avoid: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """The mask of `clicks` (see ClickSegmenter), kept out of `avoid`."""
+        return keep_out(self._segment(image, clicks, prior), avoid, clicks)
+
+    def _segment(self, image: np.ndarray, clicks: Sequence[Click], prior: np.ndarray | None) -> np.ndarray:
         h, w = image.shape[:2]
         prior = prior.astype(bool) if prior is not None and prior.any() else None
         positives = [c for c in clicks if c.positive]

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 from skimage.graph import MCP_Geometric
 
-from .base import Click, ClickHistory, click_radius, trivial_mask
+from .base import Click, ClickHistory, click_radius, keep_out, trivial_mask
 
 ZONE = 0.08  # radius of a click's local zone, as a fraction of the longer image side
 SALIENT = 0.5
@@ -65,7 +65,17 @@ class LocalZoneSegmenter:
         self._key = key
         self._history.clear()
 
-    def segment(self, image: np.ndarray, clicks: Sequence[Click], prior: np.ndarray | None = None) -> np.ndarray:
+    def segment(
+        self,
+        image: np.ndarray,
+        clicks: Sequence[Click],
+        prior: np.ndarray | None = None,
+        avoid: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """The mask of `clicks` (see ClickSegmenter), kept out of `avoid`."""
+        return keep_out(self._segment(image, clicks, prior), avoid, clicks)
+
+    def _segment(self, image: np.ndarray, clicks: Sequence[Click], prior: np.ndarray | None) -> np.ndarray:
         h, w = image.shape[:2]
         prior = prior.astype(bool) if prior is not None and prior.any() else None
         if (trivial := trivial_mask(clicks, prior, (h, w))) is not None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import Click
+from .base import Click, keep_out
 
 
 def load_predictor(checkpoint: str, model_type: str) -> Any:
@@ -44,7 +44,17 @@ class SamSegmenter:
         """Itself: the predictor is too large to copy, so sessions take turns on it (see `segment`)."""
         return self
 
-    def segment(self, image: np.ndarray, clicks: Sequence[Click], prior: np.ndarray | None = None) -> np.ndarray:
+    def segment(
+        self,
+        image: np.ndarray,
+        clicks: Sequence[Click],
+        prior: np.ndarray | None = None,
+        avoid: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """The mask of `clicks` (see ClickSegmenter), kept out of `avoid`."""
+        return keep_out(self._segment(image, clicks, prior), avoid, clicks)
+
+    def _segment(self, image: np.ndarray, clicks: Sequence[Click], prior: np.ndarray | None) -> np.ndarray:
         has_prior = prior is not None and bool(prior.any())
         if not clicks:
             return prior.astype(bool) if has_prior else np.zeros(image.shape[:2], dtype=bool)

@@ -30,6 +30,8 @@ from llb.video.io import (
 from .settings import Settings
 
 UPLOAD_TYPES = (*VIDEO_SUFFIXES, ".zip")
+# What the upload box accepts, in words: its label and every message about a refused upload say the same.
+UPLOAD_FORMATS = f"a video ({', '.join(s[1:] for s in VIDEO_SUFFIXES)}) or a zip of JPEG/PNG frames"
 MAX_FRAME_PIXELS = 2 * 7680 * 4320  # a zipped frame larger than this (two 8K frames) is refused unread
 
 
@@ -134,10 +136,7 @@ def prepare_clip(upload: str | Path, workdir: Path, settings: Settings) -> Clip:
         raise VideoError("the upload did not arrive; please upload the file again")
     suffix = upload.suffix.lower()
     if suffix not in UPLOAD_TYPES:
-        raise VideoError(
-            f"{upload.name}: unsupported file type '{suffix or 'none'}'; upload a video "
-            f"({', '.join(s[1:] for s in VIDEO_SUFFIXES)}) or a zip of JPEG/PNG frames"
-        )
+        raise VideoError(f"{upload.name}: unsupported file type '{suffix or 'none'}'; upload {UPLOAD_FORMATS}")
     size_mb = upload.stat().st_size / 2**20
     if size_mb > settings.max_upload_mb:
         raise VideoError(
@@ -146,8 +145,10 @@ def prepare_clip(upload: str | Path, workdir: Path, settings: Settings) -> Clip:
     base = workdir / f"clip-{uuid.uuid4().hex[:8]}"
     try:
         return _decode(upload, base, settings)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(base, ignore_errors=True)  # nothing of a failed upload stays on disk
+        if isinstance(err, VideoError) and "; upload " in str(err):  # the reader's hint: the upload box's formats
+            raise VideoError(f"{str(err).split('; upload ')[0]}; upload {UPLOAD_FORMATS}") from err
         raise
 
 

@@ -191,9 +191,22 @@ class Project:
         clip = self.require_clip()
         if not (0 <= x < clip.width and 0 <= y < clip.height):
             raise ValueError(f"the click ({x}, {y}) is outside the {clip.width}x{clip.height} frame")
+        if not positive and not self._has_object(frame):
+            raise ValueError(
+                "a background click removes pixels from an object, and there is none here yet: set "
+                "“A click marks” to object and click the object first"
+            )
         _, edit = self._edit(frame)
         edit.clicks.append(Click(int(x), int(y), bool(positive)))
         self._recompute(frame, edit, segmenter)
+
+    def _has_object(self, frame: int) -> bool:
+        """Whether the current object has pixels or a positive click on `frame` (what a background click edits)."""
+        if self.current is None:
+            return False
+        if (edit := self.edits.get((frame, self.current))) is not None and any(c.positive for c in edit.clicks):
+            return True
+        return bool((self.labels(frame) == self.current).any())
 
     def undo_click(self, frame: int, segmenter: ClickSegmenter) -> None:
         _, edit = self._edit(frame)
@@ -241,8 +254,14 @@ class Project:
         return mask
 
     def _recompute(self, frame: int, edit: ObjectEdit, segmenter: ClickSegmenter) -> None:
+        """The current object's mask from its clicks: the prior is its mask there (the result being corrected),
+        and the other objects' pixels are kept out (they are not handed over unless clicked)."""
         image = self.require_clip().frame(frame)
-        mask = segmenter.segment(image, edit.clicks, edit.base) if edit.clicks else self._base(frame, edit)
+        if edit.clicks:
+            others = self.labels(frame, skip=self.current) > 0
+            mask = segmenter.segment(image, edit.clicks, edit.base, others)
+        else:
+            mask = self._base(frame, edit)
         edit.mask = self._combine(edit, mask)
 
     def clicks(self, frame: int) -> list[Click]:
@@ -253,9 +272,9 @@ class Project:
     def edited_frames(self) -> list[int]:
         return sorted({f for f, i in self.edits if i in self.objects})
 
-    def labels(self, frame: int) -> np.ndarray:
+    def labels(self, frame: int, skip: int | None = None) -> np.ndarray:
         """The label map shown and used as the prompt on `frame`: the result there (if any), with the edits
-        on top (object ids in order, a later id winning where masks overlap)."""
+        on top (object ids in order, a later id winning where masks overlap); without object `skip`."""
         clip = self.require_clip()
         labels = None
         if self.result is not None and frame != self.reference:
@@ -263,9 +282,10 @@ class Project:
         if labels is None:
             labels = np.zeros((clip.height, clip.width), dtype=np.uint8)
         else:
-            labels = np.where(np.isin(labels, list(self.objects)), labels, 0).astype(np.uint8)
+            keep = [i for i in self.objects if i != skip]
+            labels = np.where(np.isin(labels, keep), labels, 0).astype(np.uint8)
         for (f, i), edit in sorted(self.edits.items()):
-            if f == frame and i in self.objects and edit.mask is not None:
+            if f == frame and i in self.objects and i != skip and edit.mask is not None:
                 labels[labels == i] = 0
                 labels[edit.mask] = i
         return labels

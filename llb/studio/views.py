@@ -73,3 +73,19 @@ def disagreement_table(a: RunResult, b: RunResult) -> pd.DataFrame:
 def gate_table(result: RunResult | None) -> pd.DataFrame:
     rows = gate_means(result) if result is not None else []
     return pd.DataFrame(rows, columns=["frame", "branch", "gate"])
+
+
+def colour_scale(width: int, height: int = 34) -> np.ndarray:
+    """A (height, width, 3) RGB bar of the gate maps' colours (viridis) from 0 (left) to 1 (right), labelled
+    0, 0.5 and 1: the key that goes under the heat maps."""
+    ramp = np.linspace(0, 255, max(width - 20, 2)).astype(np.uint8)[None]
+    bar = cv2.applyColorMap(np.repeat(ramp, height // 2, axis=0), cv2.COLORMAP_VIRIDIS)[..., ::-1]
+    out = np.full((height, width, 3), 255, np.uint8)
+    out[: height // 2, 10 : 10 + bar.shape[1]] = bar
+    for value in (0.0, 0.5, 1.0):
+        x = 10 + round(value * (bar.shape[1] - 1))
+        text = f"{value:g}"
+        (tw, _), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.4, 1)
+        x = min(max(0, x - tw // 2), width - tw)
+        cv2.putText(out, text, (x, height - 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+    return out
