@@ -20,7 +20,7 @@ from PIL import Image
 
 from llb.video.export import stamp
 from llb.video.io import VideoWriter, add_audio, iter_frames
-from llb.video.masks import labels_from_probs, overlay, save_palette_png
+from llb.video.masks import overlay, save_palette_png
 
 from .clip import Clip
 from .settings import UNTRAINED
@@ -80,9 +80,13 @@ class RunResult:
             return cv2.resize(labels, size, interpolation=cv2.INTER_NEAREST)
         with np.load(self.scores_path(frame)) as saved:
             probs, ids = saved["probs"], [int(i) for i in saved["ids"]]
-        up = np.stack([cv2.resize(p.astype(np.float32) / 255, size, interpolation=cv2.INTER_LINEAR) for p in probs])
-        background = np.clip(1 - up.sum(0), 0, 1)
-        return labels_from_probs(np.concatenate([background[None], up]), ids)
+        up = [cv2.resize(p, size, interpolation=cv2.INTER_LINEAR).astype(np.int16) for p in probs]
+        best = np.maximum(255 - sum(up), 0)  # the background, in 1/255 steps as saved
+        labels = np.zeros(best.shape, np.uint8)
+        for object_id, prob in zip(ids, up, strict=True):  # argmax over background and objects, ties to the first
+            labels[prob > best] = object_id
+            np.maximum(best, prob, out=best)
+        return labels
 
     def frames(self) -> list[int]:
         return sorted(int(p.stem) for p in self.folder.glob("*.png"))
@@ -101,8 +105,8 @@ def shown(frame: np.ndarray, labels: np.ndarray, warning: str | None) -> np.ndar
 def cutout(frame: np.ndarray, labels: np.ndarray, mode: str) -> np.ndarray:
     """The objects on a black or blurred background (RGB), or on a transparent one (RGBA)."""
     keep = (labels > 0)[..., None]
-    if mode == TRANSPARENT:
-        return np.concatenate([frame, keep.astype(np.uint8) * 255], axis=2)
+    if mode == TRANSPARENT:  # transparent pixels are black too, so that PNGs and WebM stay small
+        return np.concatenate([frame * keep, keep.astype(np.uint8) * 255], axis=2)
     if mode == "blur background":
         k = max(3, (min(frame.shape[:2]) // 20) | 1)
         background = cv2.GaussianBlur(frame, (k, k), 0)
