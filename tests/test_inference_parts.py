@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from llb.data import sampler
 from llb.decoder import upsample, upsample2x
+from llb.inference.aggregate import soft_aggregate
 from llb.inference.crop import CropConfig, crop, crop_channels_last, mask_box, paste, search_region, update_box
 from llb.inference.memory import MemoryBank, MemoryConfig, MemoryEntry
 from llb.inference.session import _argmax0
@@ -214,6 +215,20 @@ def test_upsample_to_a_size_other_than_x2_interpolates() -> None:
     want = F.interpolate(x, size=(11, 13), mode="bicubic", align_corners=False)
     torch.testing.assert_close(upsample(x, (11, 13), "bicubic"), want, rtol=0, atol=0)
     torch.testing.assert_close(upsample(x, (10, 12), "bicubic"), upsample2x(x, "bicubic"), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("objects", [1, 2, 5])
+def test_soft_aggregate_is_the_softmax_of_log_odds(objects: int) -> None:
+    """The odds form equals the RGMP formula, softmax over log(p) - log1p(-p), saturated pixels included."""
+    gen = torch.Generator().manual_seed(objects)
+    probs = torch.sigmoid(torch.randn(objects, 40, 50, generator=gen) * 8)
+    probs[:, :5] = torch.sigmoid(torch.tensor(-100.0))  # outside every search region
+    probs[0, 5:10] = 1.0
+    p = probs.clamp(1e-7, 1 - 1e-7)
+    stacked = torch.cat([torch.prod(1 - p, dim=0, keepdim=True), p]).clamp(1e-7, 1 - 1e-7)
+    want = torch.softmax(torch.log(stacked) - torch.log1p(-stacked), dim=0)
+    torch.testing.assert_close(soft_aggregate(probs), want, rtol=0, atol=1e-6)
+    torch.testing.assert_close(soft_aggregate(probs.bfloat16()), soft_aggregate(probs.bfloat16().float()))
 
 
 def test_argmax0_gives_the_index_or_the_value_of_the_first_maximum() -> None:
