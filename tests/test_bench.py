@@ -19,6 +19,9 @@ from llb.inference.session import InferenceConfig, Segmenter, _argmax0
 from llb.inference.timing import StageTimer
 from llb.network import LLBNet
 from llb.transduction import IncrementalMemoryEncoder, Transduction
+from llb.video import export
+from llb.video.export import ResultWriter
+from llb.video.io import iter_frames
 
 HEADLINE = {"fps", "ms_median", "ms_p90", "peak_rss_mb", "peak_gpu_mb", "stages"}
 
@@ -48,6 +51,7 @@ def test_options_take_several_variants_sizes_lengths_and_object_counts():
     assert args.variant == ["llb"] and args.sizes == [(48, 64), (64, 96)]
     assert args.frames == [3, 5] and args.objects == [1, 2]
     assert _parse([]).variant == ["llb", "joint"] and _parse(["--crop-size", "432x240"]).sizes == [(240, 432)]
+    assert not _parse([]).sync_write and _parse(["--sync-write"]).sync_write
 
 
 def test_bench_end_to_end_writes_json_table_and_plot(blackswan, tmp_path, capsys, one_thread, monkeypatch):
@@ -190,3 +194,50 @@ def test_bench_train_times_real_runs(data_dir, tmp_path, capsys):
     assert result["clips_per_s"] == pytest.approx(2 / result["sec_per_step"], rel=0.01)
     assert report["ms_per_clip"]["synthetic"] > 0 and report["ms_per_clip"]["video"] > 0
     assert "bf16-2runs-1thread" in capsys.readouterr().out
+
+
+def _results(n: int) -> list[tuple[np.ndarray, np.ndarray, str]]:
+    """n frames (48, 64) with labels of two objects."""
+    rng = np.random.default_rng(0)
+    out = []
+    for t in range(n):
+        labels = np.zeros((48, 64), np.uint8)
+        labels[10:30, t : t + 20], labels[35:45, 40:60] = 1, 2
+        out.append((rng.integers(0, 256, (48, 64, 3), dtype=np.uint8), labels, f"{t:05d}"))
+    return out
+
+
+def test_background_writing_gives_the_files_of_synchronous_writing(tmp_path):
+    for background in (False, True):
+        with ResultWriter(tmp_path / str(background), warning="TEST", background=background) as writer:
+            for frame, labels, name in _results(6):
+                writer.write(frame, labels, name)
+                labels[:] = 0  # the caller may reuse its arrays once write returns
+    sync, threaded = tmp_path / "False", tmp_path / "True"
+    assert sorted(p.name for p in (threaded / "masks").iterdir()) == [f"{t:05d}.png" for t in range(6)]
+    for t in range(6):
+        assert (sync / "masks" / f"{t:05d}.png").read_bytes() == (threaded / "masks" / f"{t:05d}.png").read_bytes()
+    frames = [list(iter_frames(d / "overlay.mp4")) for d in (sync, threaded)]
+    assert len(frames[0]) == len(frames[1]) == 6
+    assert all(np.array_equal(a, b) for a, b in zip(*frames, strict=True))
+
+
+def test_a_background_writing_error_reaches_the_caller_and_drops_the_video(tmp_path, monkeypatch):
+    save = export.save_palette_png
+
+    def failing(path, labels):
+        if path.stem == "00002":
+            raise OSError("disk full")
+        save(path, labels)
+
+    monkeypatch.setattr(export, "save_palette_png", failing)
+    with pytest.raises(OSError, match="disk full"), ResultWriter(tmp_path) as writer:
+        for frame, labels, name in _results(8):
+            writer.write(frame, labels, name)
+    assert not (tmp_path / "overlay.mp4").exists()
+    writer = ResultWriter(tmp_path / "late")
+    for frame, labels, name in _results(3):  # the error comes after the last write: close raises it
+        writer.write(frame, labels, name)
+    with pytest.raises(OSError, match="disk full"):
+        writer.close()
+    assert not (tmp_path / "late" / "overlay.mp4").exists()

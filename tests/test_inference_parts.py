@@ -7,8 +7,10 @@ import torch.nn.functional as F
 
 from llb.data import sampler
 from llb.decoder import upsample, upsample2x
-from llb.inference.crop import CropConfig, crop, mask_box, paste, search_region, update_box
+from llb.inference.aggregate import soft_aggregate
+from llb.inference.crop import CropConfig, crop, crop_channels_last, mask_box, paste, search_region, update_box
 from llb.inference.memory import MemoryBank, MemoryConfig, MemoryEntry
+from llb.inference.session import _argmax0
 
 
 def _entry(frame):
@@ -64,6 +66,67 @@ def test_crop_then_paste_round_trips_inside_the_box():
     torch.testing.assert_close(inner, image[:, 8:42, 12:48], atol=0.6, rtol=0)
     assert (back[0, :, :, :9] == -1).all() and (back[0, :, 46:] == -1).all()
     torch.testing.assert_close(back[1, :, 2:-2, 2:-2], image[:, 2:-2, 2:-2], atol=0.6, rtol=0)
+
+
+# boxes inside the frame, across each edge, larger than it, and small (several samples or one per bin)
+FRAME_BOXES = torch.tensor(
+    [
+        [200.3, 100.7, 640.2, 350.1],
+        [-30.5, -20.2, 300.4, 200.9],
+        [600.1, 300.2, 900.7, 520.3],
+        [-5.0, -3.0, 900.0, 500.0],
+        [0.0, 0.0, 854.0, 480.0],
+        [100.2, 100.1, 150.3, 130.6],
+        [853.0, 10.0, 870.0, 30.0],
+    ]
+)
+
+
+def _frame(h: int = 480, w: int = 854) -> torch.Tensor:
+    """A textured RGB frame (H, W, 3) uint8: noise over gradients, so every tap weight matters."""
+    gen = torch.Generator().manual_seed(0)
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    base = torch.stack([xx * 255 // w, yy * 255 // h, (xx + yy) % 256], dim=-1)
+    return ((base + torch.randint(0, 64, (h, w, 3), generator=gen)) % 256).to(torch.uint8)
+
+
+def test_crop_channels_last_is_roi_align_of_the_float_frame() -> None:
+    frame = _frame()
+    want = crop(frame.permute(2, 0, 1).float()[None], FRAME_BOXES, (60, 108))
+    got = crop_channels_last(frame[None], FRAME_BOXES, (60, 108))
+    assert got.shape == want.shape and got.dtype == torch.float32
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-3)  # of 0..255
+    big = crop(frame.permute(2, 0, 1).float()[None], FRAME_BOXES[:1], (240, 432))
+    torch.testing.assert_close(crop_channels_last(frame[None], FRAME_BOXES[:1], (240, 432)), big, rtol=0, atol=1e-3)
+
+
+def test_crop_channels_last_reads_the_image_of_each_box() -> None:
+    masks = (_frame()[..., :2].permute(2, 0, 1) > 128).float()  # two (H, W) masks
+    index = torch.tensor([1, 0])
+    want = crop(masks[:, None], FRAME_BOXES[:2], (60, 108), index)
+    got = crop_channels_last(masks[..., None], FRAME_BOXES[:2], (60, 108), index)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+def _paste_by_grid_sample(crops: torch.Tensor, boxes: torch.Tensor, image_hw: tuple[int, int]) -> torch.Tensor:
+    """The reference paste-back: one grid_sample over the whole frame, -100 outside the boxes."""
+    img_h, img_w = image_hw
+    xs, ys = torch.arange(img_w) + 0.5, torch.arange(img_h) + 0.5
+    gx = 2 * (xs[None] - boxes[:, 0:1]) / (boxes[:, 2:3] - boxes[:, 0:1]) - 1
+    gy = 2 * (ys[None] - boxes[:, 1:2]) / (boxes[:, 3:4] - boxes[:, 1:2]) - 1
+    grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1)
+    out = F.grid_sample(crops, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return torch.where((grid.abs() <= 1).all(dim=-1)[:, None], out, torch.full_like(out, -100.0))
+
+
+def test_paste_is_grid_sample_on_the_boxes() -> None:
+    crops = torch.randn(len(FRAME_BOXES), 2, 60, 108, generator=torch.Generator().manual_seed(1)) * 10
+    got = paste(crops, FRAME_BOXES, (480, 854))
+    want = _paste_by_grid_sample(crops, FRAME_BOXES, (480, 854))
+    assert ((got == -100) == (want == -100)).all()
+    # sample positions agree to float rounding (~1e-5 px); neighbouring noise values differ by up to ~70
+    torch.testing.assert_close(got, want, rtol=0, atol=5e-4)
 
 
 def test_crop_reads_zero_outside_the_image():
@@ -152,3 +215,25 @@ def test_upsample_to_a_size_other_than_x2_interpolates() -> None:
     want = F.interpolate(x, size=(11, 13), mode="bicubic", align_corners=False)
     torch.testing.assert_close(upsample(x, (11, 13), "bicubic"), want, rtol=0, atol=0)
     torch.testing.assert_close(upsample(x, (10, 12), "bicubic"), upsample2x(x, "bicubic"), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("objects", [1, 2, 5])
+def test_soft_aggregate_is_the_softmax_of_log_odds(objects: int) -> None:
+    """The odds form equals the RGMP formula, softmax over log(p) - log1p(-p), saturated pixels included."""
+    gen = torch.Generator().manual_seed(objects)
+    probs = torch.sigmoid(torch.randn(objects, 40, 50, generator=gen) * 8)
+    probs[:, :5] = torch.sigmoid(torch.tensor(-100.0))  # outside every search region
+    probs[0, 5:10] = 1.0
+    p = probs.clamp(1e-7, 1 - 1e-7)
+    stacked = torch.cat([torch.prod(1 - p, dim=0, keepdim=True), p]).clamp(1e-7, 1 - 1e-7)
+    want = torch.softmax(torch.log(stacked) - torch.log1p(-stacked), dim=0)
+    torch.testing.assert_close(soft_aggregate(probs), want, rtol=0, atol=1e-6)
+    torch.testing.assert_close(soft_aggregate(probs.bfloat16()), soft_aggregate(probs.bfloat16().float()))
+
+
+def test_argmax0_gives_the_index_or_the_value_of_the_first_maximum() -> None:
+    x = torch.rand(4, 20, 30, generator=torch.Generator().manual_seed(0))
+    x[2, :5] = x[1, :5] = 2.0  # ties go to the first index
+    assert torch.equal(_argmax0(x).long(), x.argmax(0))
+    assert torch.equal(_argmax0(x, [0, 3, 7, 9]).long(), torch.tensor([0, 3, 7, 9])[x.argmax(0)])
+    assert torch.equal(_argmax0(x[:2], [0, 5]).long(), torch.where(x[1] > x[0], 5, 0))

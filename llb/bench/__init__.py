@@ -64,6 +64,12 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"write torch.profiler tables of {PROFILE_FRAMES} frames after the warm-up of every run here (the "
         "profiler slows those runs down)",
     )
+    parser.add_argument(
+        "--sync-write",
+        action="store_true",
+        help="write the PNGs and the overlay video in the loop, not on the writer's background thread (the "
+        "'encode' stage then holds their whole cost)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -91,7 +97,9 @@ def run_bench(args: argparse.Namespace) -> int:
                     run, table = _profiled(seg, clip, length, objects, variant, args)
                     profiles.append(f"== {run_label(run)}: {PROFILE_FRAMES} frames after {args.warmup}\n{table}")
                 else:
-                    run = measure(seg, clip, length, objects, variant, progress=not args.quiet)
+                    run = measure(
+                        seg, clip, length, objects, variant, progress=not args.quiet, sync_write=args.sync_write
+                    )
                 runs.append(run)
             del seg
     meta = {
@@ -102,6 +110,7 @@ def run_bench(args: argparse.Namespace) -> int:
         "schedule": args.schedule,
         "warmup": args.warmup,
         "compile": args.compile,
+        "sync_write": args.sync_write,
     }
     if device.type == "cuda":
         meta["gpu"] = torch.cuda.get_device_name(device)
@@ -133,6 +142,15 @@ def _profiled(
     activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
     plan = schedule(wait=max(0, args.warmup - 1), warmup=1, active=PROFILE_FRAMES, repeat=1)
     with profile(activities=activities, schedule=plan) as prof:
-        run = measure(seg, clip, length, objects, variant, progress=not args.quiet, on_frame=prof.step)
+        run = measure(
+            seg,
+            clip,
+            length,
+            objects,
+            variant,
+            progress=not args.quiet,
+            on_frame=prof.step,
+            sync_write=args.sync_write,
+        )
     sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
     return run, prof.key_averages().table(sort_by=sort, row_limit=30)

@@ -3,6 +3,9 @@
 Each frame goes through what `llb segment` does with it: decoded, propagated, and encoded (a palette PNG and
 a frame of the H.264 overlay video, into a temporary folder). A frame's time runs from the start of its
 decoding to the start of the next frame's; `other` is what no stage accounts for (box arithmetic, Python).
+The encoding runs on the writer's background thread, as in `llb segment`: its `encode` stage is then only the
+hand-over, and the thread's CPU time is counted in whichever stage runs beside it (`sync_write` to keep it in
+`encode`).
 """
 
 from __future__ import annotations
@@ -118,9 +121,11 @@ def measure(
     variant: str,
     progress: bool = True,
     on_frame: Callable[[], None] | None = None,
+    sync_write: bool = False,
 ) -> Run:
     """Propagate `objects` objects through `frames` frames of the clip, as `llb segment` would; `on_frame` is
-    called after each frame (a profiler's step)."""
+    called after each frame (a profiler's step). The results are written on the writer's background thread,
+    as `llb segment` writes them, unless `sync_write`."""
     cuda = seg.device.type == "cuda"
     run = Run(
         variant=variant,
@@ -141,7 +146,7 @@ def measure(
     run.rss_start_mb = rss_mb()[0]
     desc = f"{run.model} {run.size[1]}x{run.size[0]} {objects} obj"
     with tempfile.TemporaryDirectory(prefix="llb-bench-") as out:
-        writer = ResultWriter(out, warning=None if seg.trained else UNTRAINED)
+        writer = ResultWriter(out, warning=None if seg.trained else UNTRAINED, background=not sync_write)
         with writer:
             for result in tqdm(session.propagate(), total=frames, desc=desc, unit="frame", disable=not progress):
                 with timer.stage("encode"):

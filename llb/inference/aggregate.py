@@ -12,8 +12,16 @@ from torch import Tensor
 
 
 def soft_aggregate(probs: Tensor, eps: float = 1e-7) -> Tensor:
-    """Per-object probabilities (K, H, W) -> merged distribution (K + 1, H, W), background first."""
+    """Per-object probabilities (K, H, W) -> merged distribution (K + 1, H, W), background first.
+
+    softmax(log odds) is odds / sum(odds): with every probability clamped to [eps, 1 - eps] the odds lie in
+    [1e-7, 1e7], far from float32's limits, so no logarithm (log1p is slow on the CPU) or exponential is
+    needed; the frame-sized maps are reused in place.
+    """
     p = probs.float().clamp(eps, 1 - eps)
-    background = torch.prod(1 - p, dim=0, keepdim=True)
-    stacked = torch.cat([background, p]).clamp(eps, 1 - eps)
-    return torch.softmax(torch.log(stacked) - torch.log1p(-stacked), dim=0)
+    odds = p.new_empty((len(p) + 1, *p.shape[1:]))
+    torch.prod(1 - p, dim=0, keepdim=True, out=odds[:1])
+    odds[1:] = p
+    odds.clamp_(eps, 1 - eps)
+    odds.div_(1 - odds)
+    return odds.div_(odds.sum(0, keepdim=True))

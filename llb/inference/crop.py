@@ -9,10 +9,10 @@ rules). Boxes are (x0, y0, x1, y1) in continuous pixel coordinates, (K, 4) tenso
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import roi_align
 
@@ -89,15 +89,88 @@ def crop(images: Tensor, boxes: Tensor, size: tuple[int, int], index: Tensor | N
     return roi_align(images, rois, output_size=size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
 
 
+def _roi_taps(start: Tensor, end: Tensor, n_out: int, n_in: int) -> tuple[Tensor, Tensor]:
+    """roi_align's sampling (aligned, spatial scale 1, adaptive sampling ratio) along one axis, for a box
+    [start, end) (0-d float32) over n_in pixels to n_out bins: per bin, the pixels it reads and their weights
+    (n_out, 2 x samples). Each sample's two bilinear taps are weighted by 1/samples, 0 outside [-1, n_in]."""
+    roi_start, roi_end = start - 0.5, end - 0.5
+    length = roi_end - roi_start
+    bin_size = length / n_out
+    samples = math.ceil(float(length / n_out))
+    i = torch.arange(max(samples, 1), device=start.device, dtype=torch.float32)
+    pos = (
+        roi_start
+        + torch.arange(n_out, device=start.device, dtype=torch.float32)[:, None] * bin_size
+        + (i[None] + 0.5) * bin_size / max(samples, 1)
+    )  # (n_out, samples)
+    valid = ((pos >= -1) & (pos <= n_in)).float() / samples if samples else torch.zeros_like(pos)
+    pos = pos.clamp(min=0)
+    low = pos.floor()
+    last = low >= n_in - 1
+    low = torch.where(last, torch.full_like(low, n_in - 1), low)
+    frac = torch.where(last, torch.zeros_like(pos), pos - low)
+    index = torch.stack([low, torch.where(last, low, low + 1)], dim=-1).long().flatten(1)
+    weight = torch.stack([(1 - frac) * valid, frac * valid], dim=-1).flatten(1)
+    return index, weight
+
+
+def crop_channels_last(images: Tensor, boxes: Tensor, size: tuple[int, int], index: Tensor | None = None) -> Tensor:
+    """`crop` of channels-last images (N, H, W, C), of any dtype (a frame's uint8): (K, C, h, w) float32 in
+    channels-last memory; box k reads image `index[k]` (image 0 for all when None).
+
+    roi_align's sampling is separable: each output pixel averages bilinear samples on a grid, so it is a
+    weighted sum of rows, then of columns. Only the pixels a box reads are gathered and made float, where
+    roi_align reads a whole float copy of the image; equal to `crop` up to float rounding.
+    """
+    img_h, img_w, chans = images.shape[1:]
+    out_h, out_w = size
+    out = []
+    for k, box in enumerate(boxes.float()):
+        image = images[0 if index is None else int(index[k])]
+        rows, row_w = _roi_taps(box[1], box[3], out_h, img_h)
+        cols, col_w = _roi_taps(box[0], box[2], out_w, img_w)
+        c0, c1 = int(cols.min()), int(cols.max()) + 1
+        band = image[:, c0:c1].index_select(0, rows.flatten()).float()  # (out_h * taps, c1 - c0, C)
+        band = torch.bmm(row_w[:, None], band.view(out_h, row_w.shape[1], -1))  # (out_h, 1, (c1 - c0) * C)
+        band = band.view(out_h, c1 - c0, chans).transpose(0, 1).reshape(c1 - c0, out_h * chans)  # columns first
+        picked = band.index_select(0, (cols - c0).flatten()).view(out_w, cols.shape[1], out_h * chans)
+        out.append(torch.bmm(col_w[:, None], picked).view(out_w, out_h, chans))
+    return torch.stack(out).permute(0, 3, 2, 1).contiguous(memory_format=torch.channels_last)
+
+
+def _paste_taps(start: Tensor, end: Tensor, n_out: int, n_in: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Along one axis, for boxes [start, end) (K,) and n_out image pixels: which pixels lie in the box (K,
+    n_out) bool, and grid_sample's bilinear taps (align_corners=False, border padding) of a crop of n_in
+    samples: low and high index (K, n_out) and the high tap's weight (K, n_out)."""
+    pos = torch.arange(n_out, device=start.device, dtype=torch.float32) + 0.5
+    g = 2 * (pos[None] - start[:, None]) / (end - start)[:, None] - 1  # the normalised grid coordinate
+    inside = g.abs() <= 1
+    src = (((g + 1) * n_in - 1) / 2).clamp(0, n_in - 1)
+    low = src.floor()
+    return inside, low.long(), (low + 1).clamp(max=n_in - 1).long(), src - low
+
+
 def paste(crops: Tensor, boxes: Tensor, image_hw: tuple[int, int], outside: float = OUTSIDE_LOGIT) -> Tensor:
-    """Inverse of `crop`: maps (K, C, h, w) back to the image grid (K, C, H, W), `outside` beyond each box."""
+    """Inverse of `crop`: maps (K, C, h, w) back to the image grid (K, C, H, W), `outside` beyond each box.
+
+    The bilinear resampling of F.grid_sample (align_corners=False, border padding) along each axis in turn,
+    computed on the rows and columns inside the boxes only.
+    """
     img_h, img_w = image_hw
-    xs = torch.arange(img_w, device=crops.device, dtype=torch.float32) + 0.5
-    ys = torch.arange(img_h, device=crops.device, dtype=torch.float32) + 0.5
+    k, c, h, w = crops.shape
     b = boxes.float()
-    gx = 2 * (xs[None] - b[:, 0:1]) / (b[:, 2:3] - b[:, 0:1]) - 1  # (K, W)
-    gy = 2 * (ys[None] - b[:, 1:2]) / (b[:, 3:4] - b[:, 1:2]) - 1  # (K, H)
-    grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1)  # (K, H, W, 2)
-    out = F.grid_sample(crops.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
-    inside = (grid.abs() <= 1).all(dim=-1)[:, None]
-    return torch.where(inside, out, torch.full_like(out, outside))
+    in_x, x_lo, x_hi, fx = _paste_taps(b[:, 0], b[:, 2], img_w, w)
+    in_y, y_lo, y_hi, fy = _paste_taps(b[:, 1], b[:, 3], img_h, h)
+    out = crops.new_full((k, c, img_h, img_w), outside, dtype=torch.float32)
+    for i in range(k):
+        cols, rows = in_x[i].nonzero()[:, 0], in_y[i].nonzero()[:, 0]
+        if not len(cols) or not len(rows):
+            continue
+        src = crops[i].float()  # (C, h, w)
+        wy = fy[i, rows][:, None]
+        top, bottom = src[:, y_lo[i, rows]], src[:, y_hi[i, rows]]  # (C, rows, w)
+        rowwise = top + (bottom - top) * wy
+        wx = fx[i, cols]
+        left, right = rowwise[..., x_lo[i, cols]], rowwise[..., x_hi[i, cols]]
+        out[i, :, rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1] = left + (right - left) * wx
+    return out

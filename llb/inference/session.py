@@ -20,7 +20,7 @@ first frame). When frames join or leave the memory its encoding is updated, not 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +35,7 @@ from ..transduction import IncrementalMemoryEncoder
 from ..video.io import VideoError, iter_frames, probe
 from ..video.masks import object_ids
 from .aggregate import soft_aggregate
-from .crop import CropConfig, crop, mask_box, paste, search_region, update_box
+from .crop import CropConfig, crop_channels_last, mask_box, paste, search_region, update_box
 from .memory import MemoryBank, MemoryConfig, MemoryEntry
 from .timing import StageFn, StageTimer, untimed
 
@@ -249,7 +249,7 @@ class Session:
         if prompt is not None and prompt.shape != rgb.shape[:2]:
             raise ValueError(f"the mask of frame {index} is {prompt.shape[::-1]} but the frame is {rgb.shape[1::-1]}")
         with self._stage("crop"):
-            image = torch.from_numpy(rgb).to(seg.device).permute(2, 0, 1).contiguous().float()
+            image = torch.from_numpy(rgb).to(seg.device)  # (H, W, 3) uint8: crops read only their pixels
         probs: dict[int, Tensor] = {}
         steps: list[_Step | None] = []
         gates: dict[int, np.ndarray] = {}
@@ -281,7 +281,7 @@ class Session:
         if new:
             self.groups.append(self._init(index, image, new, torch.stack([given[i] for i in new])))
         with self._stage("merge"):
-            labels = np.array([0, *ids], dtype=np.uint8)[_argmax0(merged).cpu().numpy()]
+            labels = _argmax0(merged, [0, *ids]).cpu().numpy()
             out_probs = merged[1:].float().cpu().numpy()
         return FrameResult(
             index=index,
@@ -299,10 +299,10 @@ class Session:
         return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=enabled)
 
     def _features(self, image: Tensor, boxes: Tensor) -> tuple[Tensor, FrameFeatures]:
-        """Crops of the frame (B, 3, h, w) normalised, and their features."""
+        """Crops of the frame (H, W, 3) uint8: (B, 3, h, w) normalised, and their features."""
         model = self.segmenter.model
         with self._stage("crop"):
-            crops = model.normalize(crop(image[None], boxes, self.segmenter.cfg.crop.size))
+            crops = model.normalize(crop_channels_last(image[None], boxes, self.segmenter.cfg.crop.size))
             crops = crops.contiguous(memory_format=torch.channels_last)  # the convolutions' fast layout
         with self._stage("backbone"), self._autocast():
             feats = model.extract(crops)
@@ -328,13 +328,13 @@ class Session:
         """Encode the frame's crops under their masks (B, H, W, full frame) and add them to the group's memory."""
         with self._stage("crop"):
             index_b = torch.arange(len(boxes), device=boxes.device)
-            mask_crops = crop(masks[:, None].float(), boxes, self.segmenter.cfg.crop.size, index_b)
+            mask_crops = crop_channels_last(masks[..., None], boxes, self.segmenter.cfg.crop.size, index_b)
         with self._stage("label_generator"), self._autocast():
             enc = self.segmenter.model.encode_label(crops, mask_crops.to(crops.dtype))
         group.memory.add(MemoryEntry(index, feats.learner, feats.transduction, enc.e1, enc.e2, enc.weight))
 
     def _init(self, index: int, image: Tensor, ids: list[int], masks: Tensor) -> _Group:
-        """Start tracking `ids` from their masks (B, H, W) on this frame: memory and tau0."""
+        """Start tracking `ids` from their masks (B, H, W) on this frame (H, W, 3) uint8: memory and tau0."""
         cfg = self.segmenter.cfg
         center, size = mask_box(masks)
         encoder = IncrementalMemoryEncoder(self.segmenter.model.transduction)
@@ -346,9 +346,9 @@ class Session:
         return group
 
     def _track(self, group: _Group, image: Tensor) -> _Step:
-        """Segment the current frame for a group: per-object probabilities (B, H, W) on the full frame."""
+        """Segment the current frame (H, W, 3) uint8 for a group: per-object probabilities (B, H, W) on it."""
         model, cfg = self.segmenter.model, self.segmenter.cfg
-        boxes = search_region(group.center, group.size, image.shape[-2:], cfg.crop)
+        boxes = search_region(group.center, group.size, image.shape[:2], cfg.crop)
         crops, feats = self._features(image, boxes)
         if group.keys_version != group.memory.version:
             with self._stage("transduction"):
@@ -360,7 +360,7 @@ class Session:
                 feats, group.tau.to(feats.learner.dtype), group.keys, group.e1, cfg.crop.size, self._stage
             )
         with self._stage("paste"):
-            logits = paste(out.logits.float(), boxes, image.shape[-2:])[:, 0]
+            logits = paste(out.logits.float(), boxes, image.shape[:2])[:, 0]
             probs = torch.sigmoid(logits)
         return _Step(boxes, crops, feats, probs, out.e1_star, out.e2_star)
 
@@ -394,11 +394,14 @@ def native_bf16(device: torch.device) -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
-def _argmax0(x: Tensor) -> Tensor:
+def _argmax0(x: Tensor, values: Sequence[int] | None = None) -> Tensor:
     """`x.argmax(0)` as uint8 for (K + 1, H, W) with K < 255, by a running maximum: the first index of the
-    maximum, like argmax, in a fraction of its time (torch reduces a leading dimension slowly)."""
-    best, index = x[0], torch.zeros(x.shape[1:], dtype=torch.uint8, device=x.device)
+    maximum, like argmax, in a fraction of its time (torch reduces a leading dimension slowly). With `values`
+    (K + 1 numbers below 256), values[argmax] directly."""
+    values = range(len(x)) if values is None else values
+    best, index = x[0], torch.full(x.shape[1:], values[0], dtype=torch.uint8, device=x.device)
     for k in range(1, len(x)):
-        index.masked_fill_(x[k] > best, k)
-        best = torch.maximum(best, x[k])
+        index.masked_fill_(x[k] > best, values[k])
+        if k + 1 < len(x):
+            best = torch.maximum(best, x[k])
     return index
