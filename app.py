@@ -631,7 +631,7 @@ def build() -> gr.Blocks:
 
         then_buttons(upload.upload(load_video, upload, loaded, api_name="load_video", show_progress_on=[clip_info]))
         then_buttons(
-            example.input(load_example, example, loaded, api_name="load_example", show_progress_on=[clip_info])
+            example.select(load_example, example, loaded, api_name="load_example", show_progress_on=[clip_info])
         )
         then_buttons(ref.release(set_reference, ref, working, api_name="set_reference", **on_status))
         then_buttons(view.select(on_select, mode, working, api_visibility="private", **on_status))

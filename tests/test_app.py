@@ -281,6 +281,8 @@ def test_a_bad_upload_is_one_message_in_the_upload_boxs_words(app, tmp_path, cap
     by_id = {b._id: b for b in demo.blocks.values()}
     for name in ("load_video", "load_example"):
         assert [by_id[c._id].elem_id for c in events(demo)[name].show_progress_on] == ["clip-info"]
+    # an example is loaded on the dropdown's select: its input event fired twice per pick (two loads, two toasts)
+    assert [(by_id[i].elem_id, e) for i, e in events(demo)["load_example"].targets] == [("example", "select")]
 
 
 def test_working_frame_events_show_progress_on_the_status_line(app):

@@ -1,10 +1,12 @@
 """The app as a person uses it: Debian chromium driven by Playwright uploads a clip, clicks the object,
-paints, runs, waits for the overlay video to play, and compares LLB with the JOINT-style baseline.
+paints, runs, waits for the overlay video to play, corrects a later frame by clicks and re-propagates, and
+compares LLB with the JOINT-style baseline.
 
 Skips without chromium or Playwright (a developer's box); CI installs both (.ci/run)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -89,6 +91,7 @@ def test_upload_click_paint_run_and_compare(server, tmp_path):
         page.mouse.up()
 
         page.click("#run")
+        assert page.is_disabled("#run")  # at once: a double click runs once
         page.wait_for_function(
             "(() => { const v = document.querySelector('#vout video');"
             " return v && v.readyState >= 2 && v.videoWidth > 0; })()"
@@ -96,6 +99,24 @@ def test_upload_click_paint_run_and_compare(server, tmp_path):
         assert page.input_value("#status textarea").startswith("done: 12 frames")
         page.evaluate("document.querySelector('#vout video').play()")
         page.wait_for_function("document.querySelector('#vout video').currentTime > 0")
+
+        # correct a later frame by clicks (they refine its propagated mask), then re-propagate from it
+        page.wait_for_function("!document.querySelector('#repropagate').disabled")
+        page.get_by_role("tab", name="7. Correct").click()
+        frame = page.locator("#correct-frame input[type=number]")
+        frame.fill("8")
+        frame.press("Tab")
+        page.wait_for_function(f"{status}.startsWith('frame 8 (correction)')")
+        view = "document.querySelector('#view img').src"
+        for fx, fy in ((0.475, 0.42), (0.9, 0.9)):  # the square (object), then the background
+            before = page.evaluate(view)
+            box = page.locator("#view img").bounding_box()
+            page.mouse.click(box["x"] + box["width"] * fx, box["y"] + box["height"] * fy)
+            page.wait_for_function(f"{view} !== {json.dumps(before)}")
+        assert page.locator(".toast-body").count() == 0  # no error
+        page.click("#repropagate")
+        page.wait_for_function(f"{status}.startsWith('done')")
+        page.wait_for_function("!document.querySelector('#run').disabled")
 
         page.get_by_role("tab", name="6. Compare LLB and JOINT").click()
         page.click("#compare")
