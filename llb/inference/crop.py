@@ -154,7 +154,7 @@ def paste(crops: Tensor, boxes: Tensor, image_hw: tuple[int, int], outside: floa
     """Inverse of `crop`: maps (K, C, h, w) back to the image grid (K, C, H, W), `outside` beyond each box.
 
     The bilinear resampling of F.grid_sample (align_corners=False, border padding) along each axis in turn,
-    computed on the rows and columns inside the boxes only.
+    computed on the rows and columns inside the boxes only; equal to it up to float rounding.
     """
     img_h, img_w = image_hw
     k, c, h, w = crops.shape
@@ -166,11 +166,9 @@ def paste(crops: Tensor, boxes: Tensor, image_hw: tuple[int, int], outside: floa
         cols, rows = in_x[i].nonzero()[:, 0], in_y[i].nonzero()[:, 0]
         if not len(cols) or not len(rows):
             continue
-        src = crops[i].float()  # (C, h, w)
-        wy = fy[i, rows][:, None]
-        top, bottom = src[:, y_lo[i, rows]], src[:, y_hi[i, rows]]  # (C, rows, w)
-        rowwise = top + (bottom - top) * wy
-        wx = fx[i, cols]
-        left, right = rowwise[..., x_lo[i, cols]], rowwise[..., x_hi[i, cols]]
-        out[i, :, rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1] = left + (right - left) * wx
+        src = crops[i].float()  # (C, h, w); columns first, on the small crop, then whole rows
+        left, right = src.index_select(2, x_lo[i, cols]), src.index_select(2, x_hi[i, cols])
+        colwise = torch.lerp(left, right, fx[i, cols])  # (C, h, cols)
+        top, bottom = colwise.index_select(1, y_lo[i, rows]), colwise.index_select(1, y_hi[i, rows])
+        out[i, :, rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1] = torch.lerp(top, bottom, fy[i, rows][:, None])
     return out
