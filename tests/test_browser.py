@@ -101,19 +101,21 @@ def test_upload_click_paint_run_and_compare(server, tmp_path):
         page.wait_for_function("document.querySelector('#vout video').currentTime > 0")
 
         # correct a later frame by clicks (they refine its propagated mask), then re-propagate from it
-        page.wait_for_function("!document.querySelector('#repropagate').disabled")
         page.get_by_role("tab", name="7. Correct").click()
+        page.wait_for_function("!document.querySelector('#repropagate')?.disabled")
         frame = page.locator("#correct-frame input[type=number]")
         frame.fill("8")
         frame.press("Tab")
         page.wait_for_function(f"{status}.startsWith('frame 8 (correction)')")
         view = "document.querySelector('#view img').src"
-        for fx, fy in ((0.475, 0.42), (0.9, 0.9)):  # the square (object), then the background
+        for fx, fy, mode in ((0.475, 0.42, "object"), (0.9, 0.9, "background")):
+            page.locator("#mode label", has_text=mode).click()
             before = page.evaluate(view)
-            box = page.locator("#view img").bounding_box()
-            page.mouse.click(box["x"] + box["width"] * fx, box["y"] + box["height"] * fy)
+            box = page.locator("#view img").bounding_box()  # the page is scrolled down to the tab: click scrolls
+            page.locator("#view img").click(position={"x": box["width"] * fx, "y": box["height"] * fy})
             page.wait_for_function(f"{view} !== {json.dumps(before)}")
         assert page.locator(".toast-body").count() == 0  # no error
+        page.screenshot(path=str(tmp_path / "corrected.png"), full_page=True)
         page.click("#repropagate")
         page.wait_for_function(f"{status}.startsWith('done')")
         page.wait_for_function("!document.querySelector('#run').disabled")
