@@ -96,7 +96,7 @@ def test_one_and_two_frame_clips_load_click_and_run(app, tmp_path, n):
     slider_ok(out[3])
     app.click(*square_click(), "object", req)
     steps = list(app.run("none", None, req))
-    _, status, overlay, _, masks, _, gate_slider, _, correct = steps[-1]
+    _, status, overlay, _, masks, _alpha, _, gate_slider, _, correct = steps[-1]
     assert status.startswith(f"done: {n} frames")
     slider_ok(gate_slider)
     slider_ok(correct)
