@@ -21,7 +21,7 @@ from .official import add_import_arguments, run_import
 from .options import UNTRAINED, add_model_args, build_segmenter
 from .parity import add_check_arguments, run_check
 from .video.export import ResultWriter
-from .video.io import VideoError, probe
+from .video.io import IMAGE_FORMATS, VIDEO_FORMATS, VideoError, probe
 from .video.masks import load_mask
 
 
@@ -42,7 +42,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 
 def add_segment_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("video", help="a video file (mp4, webm, mov, avi, gif) or a folder of frames")
+    p.add_argument("video", help=f"{VIDEO_FORMATS} or a folder of {IMAGE_FORMATS} frames")
     p.add_argument("--mask", required=True, help="PNG of the objects on the first frame (palette or binary)")
     p.add_argument("--mask-frame", type=int, default=0, help="index of the frame the mask belongs to")
     p.add_argument("--out", required=True, help="output folder: masks/<frame>.png and overlay.mp4")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -171,7 +172,7 @@ def test_gif_and_zip_of_frames_are_accepted(app, tmp_path):
         ("notes.mp4", b"this is not a video", "not a video"),
         ("empty.mp4", b"", "0 bytes"),
         ("notes.txt", b"hello", "unsupported file type"),
-        ("nothing.zip", None, "no JPEG/PNG"),
+        ("nothing.zip", None, "holds no jpg/jpeg/png"),
         ("broken.zip", b"PK\x03\x04 broken", "not a readable zip"),
     ],
 )
@@ -266,10 +267,15 @@ def test_run_compare_and_repropagate_wait_for_a_clip_an_object_and_the_running_j
 
 def test_a_bad_upload_is_one_message_in_the_upload_boxs_words(app, tmp_path, caplog):
     from llb.studio.clip import UPLOAD_FORMATS
+    from llb.video.io import UPLOAD_HINT
 
     demo = app.build()
     box = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "upload")
     assert UPLOAD_FORMATS in box.label
+    # the formats the message names are the types the box accepts, and the video reader's hint names the same videos
+    videos = re.search(r"a video \(([a-z0-9, ]+)\) or a zip of ", UPLOAD_FORMATS).group(1).split(", ")
+    assert sorted(box.file_types) == sorted([*(f".{v}" for v in videos), ".zip"])
+    assert re.search(r"a video \(([a-z0-9, ]+)\)", UPLOAD_HINT).group(1).split(", ") == videos
     for name, content in (("notes.txt", b"hello"), ("notes.mp4", b"not a video"), ("empty.mp4", b"")):
         path = tmp_path / name
         path.write_bytes(content)

@@ -1,6 +1,7 @@
-"""The app as a person uses it: Debian chromium driven by Playwright uploads a clip, clicks the object,
-paints, runs, waits for the overlay video to play, corrects a later frame by clicks and re-propagates, and
-compares LLB with the JOINT-style baseline.
+"""The app as a person uses it: Debian chromium driven by Playwright uploads a clip larger than the processing
+size, clicks the object, paints, runs, waits for the overlay video to play, downloads the masks zip and the
+overlay at the upload's resolution, corrects a later frame by clicks and re-propagates, and compares LLB with the
+JOINT-style baseline.
 
 Skips without chromium or Playwright (a developer's box); CI installs both (.ci/run)."""
 
@@ -13,10 +14,14 @@ import subprocess
 import sys
 import time
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import pytest
-from test_app import app_env, free_port, make_frames, write_video
+from PIL import Image
+from test_app import H, N, W, app_env, free_port, make_frames, write_video
+
+from llb.video.io import probe
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -66,7 +71,8 @@ def server(tmp_path_factory):
 
 def test_upload_click_paint_run_and_compare(server, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
-    clip = write_video(tmp_path / "square.mp4", make_frames())
+    # twice the processing size (app_env's LLB_MAX_SIDE = W): processed at WxH, exported at the upload's size
+    clip = write_video(tmp_path / "square.mp4", make_frames(w=2 * W, h=2 * H))
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1600})
@@ -99,6 +105,18 @@ def test_upload_click_paint_run_and_compare(server, tmp_path):
         assert page.input_value("#status textarea").startswith("done: 12 frames")
         page.evaluate("document.querySelector('#vout video').play()")
         page.wait_for_function("document.querySelector('#vout video').currentTime > 0")
+
+        # the downloads have the upload's resolution, not the processed one
+        with page.expect_download() as download:
+            page.locator("#masks-zip a[download]").first.click()
+        with zipfile.ZipFile(download.value.path()) as zf:
+            sizes = {Image.open(zf.open(n)).size for n in zf.namelist() if n.endswith(".png")}
+            assert len([n for n in zf.namelist() if n.endswith(".png")]) == N
+        assert sizes == {(2 * W, 2 * H)}
+        overlay = tmp_path / "overlay.mp4"
+        overlay.write_bytes(page.request.get(page.evaluate("document.querySelector('#vout video').src")).body())
+        info = probe(overlay)
+        assert (info.width, info.height, info.num_frames) == (2 * W, 2 * H, N)
 
         # correct a later frame by clicks (they refine its propagated mask), then re-propagate from it
         page.get_by_role("tab", name="7. Correct").click()

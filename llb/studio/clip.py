@@ -17,7 +17,10 @@ import numpy as np
 from PIL import Image
 
 from llb.video.io import (
+    IMAGE_FORMATS,
     IMAGE_SUFFIXES,
+    UPLOAD_HINT,
+    VIDEO_FORMATS,
     VIDEO_SUFFIXES,
     VideoError,
     VideoWriter,
@@ -30,8 +33,9 @@ from llb.video.io import (
 from .settings import Settings
 
 UPLOAD_TYPES = (*VIDEO_SUFFIXES, ".zip")
-# What the upload box accepts, in words: its label and every message about a refused upload say the same.
-UPLOAD_FORMATS = f"a video ({', '.join(s[1:] for s in VIDEO_SUFFIXES)}) or a zip of JPEG/PNG frames"
+# What the upload box accepts, in the video layer's words: its label and every message about a refused upload say
+# the same (the reader's hint names a folder of frames; an upload is a zip of them).
+UPLOAD_FORMATS = f"{VIDEO_FORMATS} or a zip of {IMAGE_FORMATS} frames"
 MAX_FRAME_PIXELS = 2 * 7680 * 4320  # a zipped frame larger than this (two 8K frames) is refused unread
 
 
@@ -90,7 +94,7 @@ def _unzip_frames(archive: Path, dest: Path, settings: Settings) -> int:
                 and not any(p.startswith((".", "__MACOSX")) for p in PurePosixPath(m.filename).parts)
             ]
             if not members:
-                raise VideoError(f"no frames: {archive.name} holds no JPEG/PNG images")
+                raise VideoError(f"no frames: {archive.name} holds no {IMAGE_FORMATS} images")
             if len(members) > settings.max_archive_frames:
                 raise VideoError(
                     f"{archive.name} holds {len(members)} images; at most {settings.max_archive_frames} are read "
@@ -147,8 +151,8 @@ def prepare_clip(upload: str | Path, workdir: Path, settings: Settings) -> Clip:
         return _decode(upload, base, settings)
     except BaseException as err:
         shutil.rmtree(base, ignore_errors=True)  # nothing of a failed upload stays on disk
-        if isinstance(err, VideoError) and "; upload " in str(err):  # the reader's hint: the upload box's formats
-            raise VideoError(f"{str(err).split('; upload ')[0]}; upload {UPLOAD_FORMATS}") from err
+        if isinstance(err, VideoError) and str(err).endswith(UPLOAD_HINT):  # the reader's hint: the box's formats
+            raise VideoError(f"{str(err).removesuffix(UPLOAD_HINT)}upload {UPLOAD_FORMATS}") from err
         raise
 
 

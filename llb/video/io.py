@@ -29,7 +29,11 @@ VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".avi", ".mkv", ".gif")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 DEFAULT_FPS = 24.0
 
-_UPLOAD_HINT = "upload an mp4, webm, mov, avi or gif, or a folder of JPEG/PNG frames"
+# The readable formats in words, built from the suffixes so that no message or help text lists other ones;
+# the app's upload box (a zip of frames instead of a folder) and the CLI's help take them from here.
+VIDEO_FORMATS = f"a video ({', '.join(s[1:] for s in VIDEO_SUFFIXES)})"
+IMAGE_FORMATS = "/".join(s[1:] for s in IMAGE_SUFFIXES)
+UPLOAD_HINT = f"upload {VIDEO_FORMATS} or a folder of {IMAGE_FORMATS} frames"
 
 Source = str | os.PathLike[str] | Iterable[np.ndarray]
 log = logging.getLogger(__name__)
@@ -81,9 +85,7 @@ def _frame_files(folder: Path) -> list[Path]:
         p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
     ]
     if not files:
-        raise VideoError(
-            f"no frames: the folder {folder} holds no {'/'.join(s[1:] for s in IMAGE_SUFFIXES)} images; {_UPLOAD_HINT}"
-        )
+        raise VideoError(f"no frames: the folder {folder} holds no {IMAGE_FORMATS} images; {UPLOAD_HINT}")
     files.sort(key=lambda p: natural_key(p.name))
     stems = [p.stem for p in files]
     if len(set(stems)) != len(stems):
@@ -106,11 +108,11 @@ def _read_image(path: Path) -> np.ndarray:
 def _open_capture(path: Path) -> cv2.VideoCapture:
     """An opened FFmpeg-backed capture, or VideoError saying the file is not a video."""
     if path.stat().st_size == 0:
-        raise VideoError(f"empty file: {path.name} has 0 bytes (was the upload cut off?); {_UPLOAD_HINT}")
+        raise VideoError(f"empty file: {path.name} has 0 bytes (was the upload cut off?); {UPLOAD_HINT}")
     cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
     if not cap.isOpened():
         cap.release()
-        raise VideoError(f"not a video: {path.name} could not be decoded; {_UPLOAD_HINT}")
+        raise VideoError(f"not a video: {path.name} could not be decoded; {UPLOAD_HINT}")
     return cap
 
 
@@ -145,7 +147,7 @@ def probe(source: str | os.PathLike[str]) -> VideoInfo:
     try:
         ok, first = cap.read()
         if not ok or first is None:
-            raise VideoError(f"not a video: {path.name} has no decodable frame (corrupt?); {_UPLOAD_HINT}")
+            raise VideoError(f"not a video: {path.name} has no decodable frame (corrupt?); {UPLOAD_HINT}")
         fps = cap.get(cv2.CAP_PROP_FPS)
         count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
         if count <= 0:  # container does not say: count by demuxing without converting
