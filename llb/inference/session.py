@@ -29,6 +29,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -250,6 +251,18 @@ class Session:
         self._forget_after(frame_index)
         return ids
 
+    def set_prompts(self, prompts: dict[int, np.ndarray]) -> None:
+        """Make the prompts `prompts` (frame -> labels), changing only what differs: objects no longer given are
+        removed, and frames whose masks changed, appeared or went are given or cleared (see add_mask)."""
+        ids = {i for labels in prompts.values() for i in object_ids(labels)}
+        for gone in set(self.object_ids) - ids:
+            self.remove_object(gone)
+        for frame in set(self.prompts) - set(prompts):
+            self.clear_prompts(frame)
+        for frame, labels in prompts.items():
+            if frame not in self.prompts or not np.array_equal(self.prompts[frame], labels):
+                self.add_mask(frame, labels)
+
     def clear_prompts(self, frame_index: int) -> None:
         """Take back the masks given on a frame; tracking state that had passed it is dropped."""
         if self.prompts.pop(frame_index, None) is not None:
@@ -288,30 +301,28 @@ class Session:
         return names[i] if i < len(names) else f"{i:05d}"
 
     def _frames(self, start: int, stop: int | None, reverse: bool) -> Iterator[tuple[int, str, np.ndarray]]:
-        """(index, name, RGB) from `start` towards `stop` (exclusive): up, or with `reverse` down (a file or
-        folder is then decoded `REVERSE_CHUNK` frames at a time, so memory stays bounded)."""
-        if not reverse:
-            if isinstance(self.video, str | Path):
-                for i, frame in enumerate(iter_frames(self.video, start=start, stop=stop), start):
-                    yield i, self._name(i), frame
-                return
-            for i, frame in enumerate(self.video):
-                if stop is not None and i >= stop:
-                    return
-                if i >= start:
-                    yield i, f"{i:05d}", np.asarray(frame)
-            return
-        low = -1 if stop is None else stop
+        """(index, name, RGB) from `start` towards `stop` (exclusive): up, or with `reverse` down."""
+        if reverse:
+            return self._frames_down(start, -1 if stop is None else stop)
+        if isinstance(self.video, str | Path):
+            frames = iter_frames(self.video, start=start, stop=stop)
+            return ((i, self._name(i), frame) for i, frame in enumerate(frames, start))
+        frames = islice(self.video, start, stop)
+        return ((i, f"{i:05d}", np.asarray(frame)) for i, frame in enumerate(frames, start))
+
+    def _frames_down(self, start: int, stop: int) -> Iterator[tuple[int, str, np.ndarray]]:
+        """Frames `start` down to `stop` (exclusive); a file or folder is decoded `REVERSE_CHUNK` frames at a
+        time, so memory stays bounded."""
         if isinstance(self.video, str | Path):
             high = start + 1
-            while high > low + 1:
-                first = max(low + 1, high - REVERSE_CHUNK)
+            while high > stop + 1:
+                first = max(stop + 1, high - REVERSE_CHUNK)
                 chunk = list(iter_frames(self.video, start=first, stop=high))
                 for i in range(first + len(chunk) - 1, first - 1, -1):
                     yield i, self._name(i), chunk[i - first]
                 high = first
         elif isinstance(self.video, Sequence | np.ndarray):
-            for i in range(min(start, len(self.video) - 1), low, -1):
+            for i in range(min(start, len(self.video) - 1), stop, -1):
                 yield i, f"{i:05d}", np.asarray(self.video[i])
         else:
             raise ValueError("tracking backwards needs a video path or a list of frames, not a one-pass iterator")
