@@ -225,6 +225,9 @@ def test_a_correction_keeps_the_memory_built_so_far(segmenter, monkeypatch):
     session.clear_prompts(7)
     for x, y in zip(session.propagate(start=7), first[7:], strict=True):
         np.testing.assert_allclose(x.probs, y.probs, atol=1e-4)
+    session.add_mask(7, fix)
+    session.clear_prompts(0)  # the track's start: nothing before 7 holds, so it starts afresh there
+    assert np.array_equal(next(session.propagate()).labels, fix)
 
 
 def test_remove_object_keeps_the_others_memory(segmenter):

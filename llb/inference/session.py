@@ -368,6 +368,7 @@ class Session:
         states = dict(track.saved)
         if track.next is not None:
             states[track.next] = track.live
+        states = {f: g for f, g in states.items() if g or f in self.prompts}  # no objects: only a start with masks
         behind = [f for f in states if (start - f) * ahead >= 0]
         if behind:
             frame = max(behind, key=lambda f: f * ahead)
