@@ -21,7 +21,7 @@ from .official import add_import_arguments, run_import
 from .options import UNTRAINED, add_model_args, build_segmenter
 from .parity import add_check_arguments, run_check
 from .video.export import ResultWriter
-from .video.io import IMAGE_FORMATS, VIDEO_FORMATS, VideoError, probe
+from .video.io import IMAGE_FORMATS, VIDEO_FORMATS, VideoError, iter_frames, probe
 from .video.masks import load_mask
 
 
@@ -31,20 +31,30 @@ def cmd_segment(args: argparse.Namespace) -> int:
     seg = build_segmenter(args)
     session = seg.start(args.video)
     ids = session.add_mask(args.mask_frame, labels)
-    total = info.num_frames - args.mask_frame
     warning = None if seg.trained else UNTRAINED
+    bar = tqdm(total=info.num_frames, unit="frame", desc=f"{len(ids)} object(s)", disable=args.quiet)
+    earlier = []  # the frames before the mask's, tracked backwards first: (name, labels), a byte a pixel each
+    for result in session.propagate(start=args.mask_frame, reverse=True) if args.mask_frame else ():
+        if result.index < args.mask_frame:
+            earlier.append((result.name, result.labels))
+            bar.update()
     with ResultWriter(args.out, info.fps, warning=warning) as writer:
-        bar = tqdm(session.propagate(), total=total, unit="frame", desc=f"{len(ids)} object(s)", disable=args.quiet)
-        for result in bar:
+        for frame, (name, frame_labels) in zip(iter_frames(args.video, stop=args.mask_frame), earlier[::-1]):
+            writer.write(frame, frame_labels, name)
+        for result in session.propagate(start=args.mask_frame):
             writer.write(result.frame, result.labels, result.name)
+            bar.update()
+    bar.close()
     print(f"wrote {writer.frames} masks to {args.out}/masks and {args.out}/overlay.mp4")
     return 0
 
 
 def add_segment_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("video", help=f"{VIDEO_FORMATS} or a folder of {IMAGE_FORMATS} frames")
-    p.add_argument("--mask", required=True, help="PNG of the objects on the first frame (palette or binary)")
-    p.add_argument("--mask-frame", type=int, default=0, help="index of the frame the mask belongs to")
+    p.add_argument("--mask", required=True, help="PNG of the objects on frame --mask-frame (palette or binary)")
+    p.add_argument(
+        "--mask-frame", type=int, default=0, help="index of the frame the mask belongs to; tracked both ways from it"
+    )
     p.add_argument("--out", required=True, help="output folder: masks/<frame>.png and overlay.mp4")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_model_args(p)
@@ -52,7 +62,7 @@ def add_segment_arguments(p: argparse.ArgumentParser) -> None:
 
 Command = tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 COMMANDS: tuple[Command, ...] = (
-    ("segment", "track the objects of a first-frame mask through a video", add_segment_arguments, cmd_segment),
+    ("segment", "track the objects of a mask through a video, both ways", add_segment_arguments, cmd_segment),
     ("eval", "DAVIS J&F (or a YouTube-VOS submission) as the benchmarks compute it", add_eval_arguments, run_eval),
     ("train", "train a network: synthetic clips from still images, then real videos", add_train_arguments, run_train),
     (

@@ -28,6 +28,7 @@ from PIL import Image
 
 from llb.checkpoint import save_checkpoint
 from llb.config import get_config
+from llb.inference.session import Session
 from llb.interactive import Click
 from llb.network import LLBNet
 from llb.studio.clip import Clip
@@ -509,7 +510,7 @@ def test_run_without_objects_or_checkpoint_gives_a_message(app, clip, tmp_path, 
 
 
 @pytest.mark.slow
-def test_run_stop_correct_and_compare(app, clip):
+def test_run_stop_correct_and_compare(app, clip, monkeypatch):
     req = request("run")
     app.load_video(str(clip), req)
     app.set_reference(2, req)
@@ -547,9 +548,12 @@ def test_run_stop_correct_and_compare(app, clip):
     app.show_frame(8, req)
     layer = np.zeros((H, W, 4), np.uint8)
     layer[0:20, 0:20] = (34, 197, 94, 255)
-    fixed = None
+    fixed, starts = None, []
+    propagate = Session.propagate
+    monkeypatch.setattr(Session, "propagate", lambda self, **kw: starts.append(kw) or propagate(self, **kw))
     for out in app.repropagate(8, "none", {"layers": [layer]}, req):
         fixed = out
+    assert starts == [{"start": 8, "reverse": False}]  # the run's session resumes at 8: no frame tracked again
     assert fixed[1].startswith("done")
     assert all(np.array_equal(project.result.labels(i), before[i]) for i in range(8))
     assert (project.result.labels(8)[0:20, 0:20] == 1).all()

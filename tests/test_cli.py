@@ -9,9 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from llb.checkpoint import save_checkpoint
+from llb.checkpoint import load_model, save_checkpoint
 from llb.cli import main
 from llb.config import get_config
+from llb.inference.crop import CropConfig
+from llb.inference.session import InferenceConfig, Segmenter
 from llb.network import LLBNet
 from llb.video.io import ffmpeg_exe, probe
 from llb.video.masks import load_mask, save_palette_png
@@ -71,6 +73,26 @@ def test_segment_writes_masks_and_a_playable_overlay(clip, checkpoint, tmp_path,
         [ffmpeg_exe(), "-hide_banner", "-i", str(out / "overlay.mp4")], capture_output=True, text=True
     )
     assert "h264" in ffmpeg.stderr and "yuv420p" in ffmpeg.stderr
+
+
+@pytest.mark.slow
+def test_segment_tracks_both_ways_from_the_mask_frame(clip, checkpoint, tmp_path):
+    """--mask-frame 3: frames 3-5 as a session tracks forwards from 3, frames 2-0 as it tracks backwards."""
+    frames, mask = clip
+    given = mask.parent / "00003.png"
+    out = tmp_path / "out"
+    argv = ["segment", str(frames), "--mask", str(given), "--mask-frame", "3", "--out", str(out)]
+    assert main([*argv, "--checkpoint", str(checkpoint), "--allow-untrained", *COMMON]) == 0
+    masks = {p.stem: load_mask(p) for p in sorted((out / "masks").glob("*.png"))}
+    assert list(masks) == [f"{i:05d}" for i in range(6)] and probe(out / "overlay.mp4").num_frames == 6
+    assert np.array_equal(masks["00003"], load_mask(given))
+
+    model = load_model(checkpoint, allow_untrained=True)
+    seg = Segmenter(model, InferenceConfig(crop=CropConfig(size=(128, 224))), device="cpu")
+    session = seg.start(frames)
+    session.add_mask(3, load_mask(given))
+    for result in [*session.propagate(start=3), *session.propagate(start=3, reverse=True)]:
+        assert np.array_equal(masks[result.name], result.labels)
 
 
 def test_python_dash_m_entry_point_reports_bad_input_without_traceback(tmp_path):

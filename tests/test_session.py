@@ -1,8 +1,11 @@
 """The session API: streaming, several objects, objects that start later, corrections, flat memory."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from llb.bench.measure import release_memory, rss_mb
 from llb.config import get_config
@@ -146,3 +149,100 @@ def test_stream_resumes_on_other_threads(segmenter):
 
     for threaded, plain in zip(run(True), run(False), strict=True):
         np.testing.assert_allclose(threaded, plain, atol=1e-6)
+
+
+def _same(a, b) -> None:
+    """Two streams of results are bit-identical."""
+    assert [r.index for r in a] == [r.index for r in b]
+    for x, y in zip(a, b, strict=True):
+        assert np.array_equal(x.labels, y.labels) and np.array_equal(x.probs, y.probs)
+        gx, gy = x.gates or {}, y.gates or {}  # none on a prompted frame
+        assert gx.keys() == gy.keys() and all(np.array_equal(gx[k], gy[k]) for k in gx)
+
+
+def test_backward_from_a_middle_frame_equals_tracking_the_reversed_clip(segmenter, tmp_path, monkeypatch):
+    """Reverse propagation from frame 5 is what the app did before the session owned time: a second session
+    on the frames 5, 4, .., 0 given the mask on its first frame. A folder is read backwards in chunks."""
+    frames = list(_frames(9))
+    mask = _square_mask(x=25)
+    old = segmenter.start(frames[5::-1])
+    old.add_mask(0, mask)
+    expected = [replace(r, index=5 - r.index) for r in old.propagate()]
+
+    session = segmenter.start(frames)
+    session.add_mask(5, mask)
+    forward = list(session.propagate(start=5))
+    assert [r.index for r in forward] == [5, 6, 7, 8]
+    _same(list(session.propagate(start=5, reverse=True)), expected)
+    _same(list(session.propagate(start=5)), forward)  # the directions keep separate states
+
+    for i, frame in enumerate(frames):
+        Image.fromarray(frame).save(tmp_path / f"{i:05d}.png")
+    monkeypatch.setattr("llb.inference.session.REVERSE_CHUNK", 2)
+    from_folder = segmenter.start(tmp_path)
+    from_folder.add_mask(5, mask)
+    backward = list(from_folder.propagate(reverse=True))
+    assert [r.name for r in backward] == [f"{i:05d}" for i in range(5, -1, -1)]
+    _same(backward, expected)
+    _same(list(from_folder.propagate(start=5, reverse=True, stop=2)), expected[:3])
+
+
+def test_a_stopped_stream_resumes_where_it_ended(segmenter):
+    session = segmenter.start(list(_frames(8)))
+    session.add_mask(0, _square_mask())
+    whole = list(session.propagate())
+    first = list(session.propagate(stop=6))
+    _same(first + list(session.propagate(start=6)), whole)
+    with pytest.raises(ValueError, match="cannot start at frame 3"):
+        next(session.propagate(start=3))  # passed, and without history only the end is kept
+
+
+def test_a_correction_keeps_the_memory_built_so_far(segmenter, monkeypatch):
+    """With history, a correction on frame 7 re-tracks from 7 with the memory built up to it: frames before are
+    neither tracked again nor changed, and what follows is what one run with both masks gives."""
+    frames = list(_frames(12))
+    session = segmenter.start(frames, history=True)
+    session.add_mask(0, _square_mask())
+    first = list(session.propagate())
+    fix = _square_mask(x=29)
+    session.add_mask(7, fix)
+    steps = []
+    step = session._step
+    monkeypatch.setattr(session, "_step", lambda *a: steps.append(a[1]) or step(*a))
+    again = list(session.propagate(start=7))
+    assert steps == [7, 8, 9, 10, 11] and [r.index for r in again] == steps
+    assert np.array_equal(again[0].labels, fix)
+    assert session.groups[0].memory.frames == [0, 5, 7, 10]
+
+    once = segmenter.start(frames)
+    once.add_mask(0, _square_mask())
+    once.add_mask(7, fix)
+    reference = list(once.propagate())
+    _same(reference[:7], first[:7])
+    for x, y in zip(again, reference[7:], strict=True):  # the memory is re-encoded afresh: float rounding
+        np.testing.assert_allclose(x.probs, y.probs, atol=1e-4)
+
+    session.clear_prompts(7)
+    for x, y in zip(session.propagate(start=7), first[7:], strict=True):
+        np.testing.assert_allclose(x.probs, y.probs, atol=1e-4)
+    session.add_mask(7, fix)
+    session.clear_prompts(0)  # the track's start: nothing before 7 holds, so it starts afresh there
+    assert np.array_equal(next(session.propagate()).labels, fix)
+
+
+def test_remove_object_keeps_the_others_memory(segmenter):
+    frames = list(_frames(8))
+    labels = _square_mask(1)
+    labels[70:90, 90:120] = 2
+    session = segmenter.start(frames, history=True)
+    session.add_mask(0, labels)
+    first = list(session.propagate())
+    assert first[-1].object_ids == [1, 2]
+    session.remove_object(2)
+    assert session.object_ids == [1] and 2 not in session.prompts[0]
+    rest = list(session.propagate(start=4))
+    assert all(r.object_ids == [1] and 2 not in r.labels for r in rest)
+    group = session.groups[0]
+    assert group.ids == [1] and group.center.shape == (1, 2) and group.memory.stacked("e1").shape[1] == 1
+    with pytest.raises(ValueError, match="no object 2"):
+        session.remove_object(2)

@@ -1,5 +1,12 @@
 """The public inference API: a `Segmenter` holds a network; `Segmenter.start(video)` opens a `Session`; masks
-are added on any frame; `Session.propagate()` streams one `FrameResult` per frame.
+are added on any frame; `Session.propagate()` streams one `FrameResult` per frame, forwards from a frame or
+(`reverse=True`) backwards to frame 0; objects can be removed.
+
+The session owns time. Each direction of travel keeps its own tracking state, and a propagation resumes from
+the state this session holds nearest before its start: where the last one in that direction ended, or, with
+`history`, any frame it passed (the state before each frame is kept: a few references per frame, plus the
+memory frames that were later dropped from the memory). So a correction on frame k re-tracks from k with the
+memory built up to k, and frames before k are not touched.
 
 Frames are decoded as they are needed and each result is handed out before the next frame is read, so memory
 use does not grow with the video's length: only the memory bank (at most `memory.size` frames per object
@@ -21,7 +28,8 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +48,7 @@ from .memory import MemoryBank, MemoryConfig, MemoryEntry
 from .timing import StageFn, StageTimer, untimed
 
 VideoSource = str | Path | Iterable[np.ndarray]
+REVERSE_CHUNK = 16  # frames decoded at a time when a video file or folder is read backwards
 
 
 @dataclass
@@ -100,6 +109,42 @@ class _Group:
     e1: Tensor | None = None
     keys_version: int = -1
 
+    def copy(self) -> _Group:
+        """This state, to keep or to resume from: the memory's lists are copied (its entries are shared, never
+        changed) and its encoding kept; the incremental encoder starts afresh and re-encodes the memory when it
+        next changes (equal up to float rounding)."""
+        mem = self.memory
+        memory = MemoryBank(mem.cfg, list(mem.entries), list(mem.weights), mem.version)
+        return replace(self, memory=memory, encoder=IncrementalMemoryEncoder(self.encoder.transduction))
+
+    def without(self, object_id: int, sliced: dict[int, MemoryEntry]) -> _Group:
+        """This group less one object: every batch (B, ...) tensor loses its row; `sliced` caches the memory
+        entries already cut (by id), since saved states share them."""
+        keep = [k for k, i in enumerate(self.ids) if i != object_id]
+        rows = torch.tensor(keep, device=self.center.device)
+
+        def cut(e: MemoryEntry) -> MemoryEntry:
+            if id(e) not in sliced:
+                fields = (e.learner, e.transduction, e.e1, e.e2, e.weight)
+                sliced[id(e)] = MemoryEntry(e.frame, *(t[rows] for t in fields))
+            return sliced[id(e)]
+
+        mem = self.memory
+        memory = MemoryBank(mem.cfg, [cut(e) for e in mem.entries], list(mem.weights), mem.version + 1)
+        encoder = IncrementalMemoryEncoder(self.encoder.transduction)
+        ids = [self.ids[k] for k in keep]
+        return _Group(ids, self.start, memory, self.tau[rows], self.center[rows], self.size[rows], encoder)
+
+
+@dataclass
+class _Track:
+    """Tracking in one direction: the live groups and the frame they expect next (None: none, or stale after a
+    new prompt behind it); with history, the groups as they were before each frame passed."""
+
+    live: list[_Group] = field(default_factory=list)
+    next: int | None = None
+    saved: dict[int, list[_Group]] = field(default_factory=dict)
+
 
 @dataclass
 class _Step:
@@ -150,26 +195,36 @@ class Segmenter:
         """False for a network without trained weights: its output must never be shown as a result."""
         return self.model.trained
 
-    def start(self, video: VideoSource, timer: StageTimer | None = None) -> Session:
-        """A session on `video`; with `timer`, the wall time of every stage of every frame is recorded."""
-        return Session(self, video, timer)
+    def start(self, video: VideoSource, timer: StageTimer | None = None, *, history: bool = False) -> Session:
+        """A session on `video`; with `timer`, the wall time of every stage of every frame is recorded; with
+        `history`, propagation can resume at any frame it passed (for corrections; memory grows with the video)."""
+        return Session(self, video, timer, history=history)
 
 
 class Session:
-    """Tracking state for one video: prompts (masks per frame) and, while propagating, the object groups."""
+    """Tracking state for one video: prompts (masks per frame) and the object groups of each direction."""
 
-    def __init__(self, segmenter: Segmenter, video: VideoSource, timer: StageTimer | None = None) -> None:
+    def __init__(
+        self, segmenter: Segmenter, video: VideoSource, timer: StageTimer | None = None, *, history: bool = False
+    ) -> None:
         self.segmenter = segmenter
         self.video = video
         self.timer = timer
+        self.history = history
         self._stage: StageFn = timer.stage if timer else untimed
         self.info = probe(video) if isinstance(video, str | Path) else None
         self.prompts: dict[int, np.ndarray] = {}
-        self.groups: list[_Group] = []
+        self._tracks = {False: _Track(), True: _Track()}  # by `reverse`
+        self._reverse = False  # the direction of the latest propagation
 
     @property
     def object_ids(self) -> list[int]:
         return sorted({i for labels in self.prompts.values() for i in object_ids(labels)})
+
+    @property
+    def groups(self) -> list[_Group]:
+        """The object groups of the latest propagation's direction, as they stand."""
+        return self._tracks[self._reverse].live
 
     def add_mask(self, frame_index: int, labels: np.ndarray) -> list[int]:
         """Give the objects' masks on a frame: labels (H, W) of object ids (0 = background).
@@ -193,44 +248,140 @@ class Session:
         if not ids:
             raise ValueError(f"the mask of frame {frame_index} has no object pixel: draw or click the object first")
         self.prompts[frame_index] = labels.astype(np.uint8)
+        self._forget_after(frame_index)
         return ids
 
-    def _frames(self, start: int, stop: int | None) -> Iterator[tuple[int, str, np.ndarray]]:
-        if isinstance(self.video, str | Path):
-            names = self.info.frame_names if self.info else ()
-            for i, frame in enumerate(iter_frames(self.video, start=start, stop=stop), start):
-                yield i, names[i] if i < len(names) else f"{i:05d}", frame
-            return
-        for i, frame in enumerate(self.video):
-            if stop is not None and i >= stop:
-                return
-            if i >= start:
-                yield i, f"{i:05d}", np.asarray(frame)
+    def set_prompts(self, prompts: dict[int, np.ndarray]) -> None:
+        """Make the prompts `prompts` (frame -> labels), changing only what differs: objects no longer given are
+        removed, and frames whose masks changed, appeared or went are given or cleared (see add_mask)."""
+        ids = {i for labels in prompts.values() for i in object_ids(labels)}
+        for gone in set(self.object_ids) - ids:
+            self.remove_object(gone)
+        for frame in set(self.prompts) - set(prompts):
+            self.clear_prompts(frame)
+        for frame, labels in prompts.items():
+            if frame not in self.prompts or not np.array_equal(self.prompts[frame], labels):
+                self.add_mask(frame, labels)
 
-    def propagate(self, start: int | None = None, stop: int | None = None) -> Iterator[FrameResult]:
-        """Stream results from `start` (default: the first prompted frame) up to `stop` (exclusive)."""
+    def clear_prompts(self, frame_index: int) -> None:
+        """Take back the masks given on a frame; tracking state that had passed it is dropped."""
+        if self.prompts.pop(frame_index, None) is not None:
+            self._forget_after(frame_index)
+
+    def remove_object(self, object_id: int) -> None:
+        """Stop tracking `object_id`: it leaves every prompt (a frame left without objects loses its prompt) and
+        every kept state; the other objects keep the memory built so far."""
+        if object_id not in self.object_ids:
+            raise ValueError(f"there is no object {object_id} to remove; the objects are {self.object_ids}")
+        for frame, labels in list(self.prompts.items()):
+            kept = np.where(labels == object_id, 0, labels).astype(np.uint8)
+            if object_ids(kept):
+                self.prompts[frame] = kept
+            else:
+                del self.prompts[frame]
+        sliced: dict[int, MemoryEntry] = {}
+
+        def drop(groups: list[_Group]) -> list[_Group]:
+            return [g.without(object_id, sliced) if object_id in g.ids else g for g in groups if g.ids != [object_id]]
+
+        for track in self._tracks.values():
+            track.live = drop(track.live)
+            track.saved = {frame: drop(groups) for frame, groups in track.saved.items()}
+
+    def _forget_after(self, frame_index: int) -> None:
+        """A prompt on `frame_index` changed: states that passed it (in their direction) no longer hold."""
+        for reverse, track in self._tracks.items():
+            ahead = -1 if reverse else 1
+            track.saved = {f: g for f, g in track.saved.items() if (f - frame_index) * ahead <= 0}
+            if track.next is not None and (track.next - frame_index) * ahead > 0:
+                track.live, track.next = [], None
+
+    def _name(self, i: int) -> str:
+        names = self.info.frame_names if self.info else ()
+        return names[i] if i < len(names) else f"{i:05d}"
+
+    def _frames(self, start: int, stop: int | None, reverse: bool) -> Iterator[tuple[int, str, np.ndarray]]:
+        """(index, name, RGB) from `start` towards `stop` (exclusive): up, or with `reverse` down."""
+        if reverse:
+            return self._frames_down(start, -1 if stop is None else stop)
+        if isinstance(self.video, str | Path):
+            frames = iter_frames(self.video, start=start, stop=stop)
+            return ((i, self._name(i), frame) for i, frame in enumerate(frames, start))
+        frames = islice(self.video, start, stop)
+        return ((i, f"{i:05d}", np.asarray(frame)) for i, frame in enumerate(frames, start))
+
+    def _frames_down(self, start: int, stop: int) -> Iterator[tuple[int, str, np.ndarray]]:
+        """Frames `start` down to `stop` (exclusive); a file or folder is decoded `REVERSE_CHUNK` frames at a
+        time, so memory stays bounded."""
+        if isinstance(self.video, str | Path):
+            high = start + 1
+            while high > stop + 1:
+                first = max(stop + 1, high - REVERSE_CHUNK)
+                chunk = list(iter_frames(self.video, start=first, stop=high))
+                for i in range(first + len(chunk) - 1, first - 1, -1):
+                    yield i, self._name(i), chunk[i - first]
+                high = first
+        elif isinstance(self.video, Sequence | np.ndarray):
+            for i in range(min(start, len(self.video) - 1), stop, -1):
+                yield i, f"{i:05d}", np.asarray(self.video[i])
+        else:
+            raise ValueError("tracking backwards needs a video path or a list of frames, not a one-pass iterator")
+
+    def propagate(
+        self, start: int | None = None, stop: int | None = None, reverse: bool = False
+    ) -> Iterator[FrameResult]:
+        """Stream results from `start` (default: the first prompted frame) up to `stop` (exclusive; default: the
+        end of the video), or with `reverse` down to `stop` (default: through frame 0).
+
+        Tracking resumes from the latest state this session holds at or before `start` in that direction (the
+        frames between are tracked again, not yielded); without one it starts afresh from the masks on `start`.
+        Masks on the frames passed join as corrections or new objects.
+        """
         if not self.prompts:
             raise ValueError("add a mask first: propagation starts from a frame whose objects are given")
         start = min(self.prompts) if start is None else start
-        if start < min(self.prompts):
-            raise ValueError(
-                f"propagation cannot start at frame {start}, before the first mask (frame {min(self.prompts)})"
-            )
-        self.groups = []
-        frames = self._frames(start, stop)
+        track = self._tracks[reverse]
+        ahead = -1 if reverse else 1
+        resume, groups = self._resume(track, start, ahead)
+        self._reverse = reverse
+        frames = self._frames(resume, stop, reverse)
         try:
             while (item := self._next_frame(frames)) is not None:
                 index, name, rgb = item
                 if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
                     raise VideoError(f"frame {index} is not an RGB uint8 image (shape {rgb.shape}, {rgb.dtype})")
+                if self.history:
+                    track.saved[index] = [g.copy() for g in groups]
                 # per step, not across the yield: the mode is thread-local and a caller may resume the stream
                 # on another thread (web servers do)
                 with torch.inference_mode():
-                    result = self._step(index, name, rgb)
-                yield result
+                    result = self._step(groups, index, name, rgb)
+                track.live, track.next = groups, index + ahead
+                if (index - start) * ahead >= 0:
+                    yield result
         finally:
             if self.timer is not None:
                 self.timer.end_frame()
+
+    def _resume(self, track: _Track, start: int, ahead: int) -> tuple[int, list[_Group]]:
+        """The frame to track from and the groups to track with, for a propagation from `start`."""
+        states = dict(track.saved)
+        if track.next is not None:
+            states[track.next] = track.live
+        states = {f: g for f, g in states.items() if g or f in self.prompts}  # no objects: only a start with masks
+        behind = [f for f in states if (start - f) * ahead >= 0]
+        if behind:
+            frame = max(behind, key=lambda f: f * ahead)
+            live = frame == track.next
+            return frame, track.live if live else [g.copy() for g in states[frame]]
+        if start not in self.prompts:
+            way = "backwards" if ahead < 0 else "forwards"
+            raise ValueError(
+                f"propagation {way} cannot start at frame {start}: it has no mask and this session has not "
+                f"tracked {way} through it (masks are on frames {sorted(self.prompts)})"
+            )
+        track.saved.clear()
+        return start, []
 
     def _next_frame(self, frames: Iterator[tuple[int, str, np.ndarray]]) -> tuple[int, str, np.ndarray] | None:
         """The next (index, name, frame), or None at the end; with a timer, each frame opens a new record."""
@@ -243,7 +394,8 @@ class Session:
             self.timer.end_frame(discard=True)
         return item
 
-    def _step(self, index: int, name: str, rgb: np.ndarray) -> FrameResult:
+    def _step(self, groups: list[_Group], index: int, name: str, rgb: np.ndarray) -> FrameResult:
+        """One frame for `groups` (which it updates, and joins new objects to)."""
         seg = self.segmenter
         prompt = self.prompts.get(index)
         if prompt is not None and prompt.shape != rgb.shape[:2]:
@@ -253,7 +405,7 @@ class Session:
         probs: dict[int, Tensor] = {}
         steps: list[_Step | None] = []
         gates: dict[int, np.ndarray] = {}
-        for group in self.groups:
+        for group in groups:
             step = self._track(group, image)
             steps.append(step)
             probs.update(zip(group.ids, step.probs, strict=True))
@@ -273,13 +425,13 @@ class Session:
                 for i, mask in given.items():
                     merged[1 + ids.index(i), mask > 0] = 1
             by_id = dict(zip(ids, merged[1:], strict=True))
-        for group, step in zip(self.groups, steps, strict=True):
+        for group, step in zip(groups, steps, strict=True):
             corrected = any(i in given for i in group.ids)
             self._update(group, index, step, torch.stack([by_id[i] for i in group.ids]), corrected)
-        known = {i for g in self.groups for i in g.ids}
+        known = {i for g in groups for i in g.ids}
         new = [i for i in given if i not in known]
         if new:
-            self.groups.append(self._init(index, image, new, torch.stack([given[i] for i in new])))
+            groups.append(self._init(index, image, new, torch.stack([given[i] for i in new])))
         with self._stage("merge"):
             labels = _argmax0(merged, [0, *ids]).cpu().numpy()
             out_probs = merged[1:].float().cpu().numpy()
@@ -373,7 +525,7 @@ class Session:
     def _update(self, group: _Group, index: int, step: _Step, merged: Tensor, corrected: bool) -> None:
         """After merging: move the boxes, and on memory frames (or corrections) grow the memory and refit."""
         cfg = self.segmenter.cfg
-        if corrected or group.memory.due(index - group.start):
+        if corrected or group.memory.due(abs(index - group.start)):
             self._remember(group, index, step.boxes, step.crops, step.feats, merged)
             group.tau = self._fit(group, cfg.update_iters, group.tau)
         with self._stage("merge"):

@@ -63,12 +63,14 @@ class RunResult:
             quantised = np.clip(np.rint(np.asarray(probs, np.float32) * 255), 0, 255).astype(np.uint8)
             np.savez_compressed(self.scores_path(frame), probs=quantised, ids=np.asarray(ids, np.uint8))
 
-    def copy_frame(self, other: RunResult, frame: int) -> None:
-        """Take frame `frame`'s mask (and probabilities) from another run."""
-        shutil.copy(other.path(frame), self.path(frame))
-        if other.scores_path(frame).is_file():
-            self.scores_path(frame).parent.mkdir(exist_ok=True)
-            shutil.copy(other.scores_path(frame), self.scores_path(frame))
+    def copy_before(self, other: RunResult, stop: int) -> None:
+        """Take the frames before `stop` from another run: masks, probabilities and gate maps."""
+        for frame in (f for f in other.frames() if f < stop):
+            shutil.copy(other.path(frame), self.path(frame))
+            if other.scores_path(frame).is_file():
+                self.scores_path(frame).parent.mkdir(exist_ok=True)
+                shutil.copy(other.scores_path(frame), self.scores_path(frame))
+        self.gates.update({k: v for k, v in other.gates.items() if k < stop})
 
     def labels_at(self, frame: int, size: tuple[int, int]) -> np.ndarray:
         """Frame `frame`'s label map at `size` (width, height): the argmax of the merged probabilities upsampled
