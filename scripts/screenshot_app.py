@@ -80,7 +80,7 @@ def main() -> None:
             page.wait_for_function(f"{status}.startsWith('loaded')")
             click(page, DOG)
             page.wait_for_function(f"{status}.includes('1 object')")
-            page.get_by_label("background").check()
+            page.locator("#mode").get_by_label("background", exact=True).check()
             click(page, PERSON)
             page.wait_for_timeout(3000)
             page.click("#run")
