@@ -29,13 +29,13 @@ import torch
 from torch import Tensor
 
 from ..checkpoint import load_model
-from ..induction import LearnerMemory
 from ..network import FrameFeatures, LLBNet
 from ..transduction import IncrementalMemoryEncoder
 from ..video.io import VideoError, iter_frames, probe
 from ..video.masks import object_ids
 from .aggregate import soft_aggregate
 from .crop import CropConfig, crop_channels_last, mask_box, paste, search_region, update_box
+from .fit import fit
 from .memory import MemoryBank, MemoryConfig, MemoryEntry
 from .timing import StageFn, StageTimer, untimed
 
@@ -310,16 +310,23 @@ class Session:
         return crops, feats
 
     def _fit(self, group: _Group, iters: int, tau: Tensor | None) -> Tensor:
-        """Steepest descent on the group's memory, in float32."""
+        """Steepest descent on the group's memory, in float32; each entry keeps the new tau's output on it, so
+        the next fit applies tau afresh only to the entries added since (`fit`)."""
         mem = group.memory
-        learner_mem = LearnerMemory(
-            feat=mem.stacked("learner").float(),
-            label=mem.stacked("e2").float(),
-            weight=mem.stacked("weight").float(),
-            sample_weight=mem.sample_weights(mem.entries[0].learner),
-        )
+        entries = mem.entries
         with self._stage("learner"), torch.autocast(self.segmenter.device.type, enabled=False):
-            tau, _ = self.segmenter.model.learner(learner_mem, iters, tau)
+            tau, out = fit(
+                self.segmenter.model.learner,
+                mem.stacked("learner").float(),
+                mem.stacked("e2").float(),
+                mem.stacked("weight").float(),
+                iters,
+                tau,
+                [e.fitted for e in entries],
+                mem.sample_weights(entries[0].learner),
+            )
+        for entry, fitted in zip(entries, out, strict=True):
+            entry.fitted = fitted
         return tau
 
     def _remember(
