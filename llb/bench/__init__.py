@@ -55,7 +55,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--objects", type=int, nargs="+", default=[1], help="objects tracked, one run each (default 1)")
     parser.add_argument("--warmup", type=int, default=5, help="first frames left out of latency figures (default 5)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the backbone and decoder (for CUDA)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the backbone (and on CUDA the decoder)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--json", default=None, help="write the figures here as JSON")
     parser.add_argument("--plot", default=None, help="PNG of time and memory against length (default: beside --json)")
