@@ -155,11 +155,6 @@ class SegmentationDecoder(nn.Module):
         self.project_conv2 = conv(cfg.project_dim, 1, 3)
 
     def forward(self, target: Tensor, feats: dict[str, Tensor], image_size: tuple[int, int]) -> Tensor:
-        """target (B, D, h, w), feats {name: (B, C, H_l, W_l)} -> logits (B, 1, *image_size). With channels-last
-        features (inference), the target is made channels-last too: concatenated with an NCHW target, every
-        level would run NCHW, which oneDNN's convolutions reorder on each call."""
-        if feats[LEVELS[-1]].is_contiguous(memory_format=torch.channels_last):
-            target = target.contiguous(memory_format=torch.channels_last)
         out: Tensor | None = None
         for name in LEVELS:
             prev = None if out is None else self.proj[name](out)

@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from llb.config import DecoderConfig, InductionConfig
+from llb.config import InductionConfig
 from llb.data import sampler
-from llb.decoder import SegmentationDecoder, upsample, upsample2x
+from llb.decoder import upsample, upsample2x
 from llb.induction import FewShotLearner, LearnerMemory, apply_filter
 from llb.inference.aggregate import soft_aggregate
 from llb.inference.crop import CropConfig, crop, crop_channels_last, mask_box, paste, search_region, update_box
@@ -265,25 +265,3 @@ def test_fit_carrying_the_output_matches_the_learner_over_a_growing_memory(weigh
         torch.testing.assert_close(tau, tau_ref, rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(out, apply_filter(feat[frames], tau_ref), rtol=1e-4, atol=1e-5)
     assert tau_ref.abs().max() > 1e-3  # the fit moved tau
-
-
-def test_decoder_follows_channels_last_features_with_the_same_logits() -> None:
-    """Channels-last features (inference) make the decoder run channels-last; the logits stay those of NCHW."""
-    torch.manual_seed(0)
-    dims = {"layer1": 6, "layer2": 10, "layer3": 12, "layer4": 14}
-    sizes = {"layer1": (16, 28), "layer2": (8, 14), "layer3": (4, 7), "layer4": (2, 4)}
-    decoder = SegmentationDecoder(DecoderConfig(), 8, dims).eval()
-    feats = {name: torch.randn(1, c, *sizes[name]) for name, c in dims.items()}
-    target = torch.randn(1, 8, 4, 7)
-    seen: list[bool] = []
-
-    def layout(module: torch.nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-        seen.append(inputs[0].is_contiguous(memory_format=torch.channels_last))
-
-    hook = decoder.levels["layer1"].tse.transform[0].register_forward_hook(layout)
-    with torch.no_grad():
-        nchw = decoder(target, feats, (64, 112))
-        cl = decoder(target, {k: v.contiguous(memory_format=torch.channels_last) for k, v in feats.items()}, (64, 112))
-    hook.remove()
-    assert seen == [False, True]
-    torch.testing.assert_close(cl, nchw, rtol=1e-5, atol=1e-5)
