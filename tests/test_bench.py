@@ -4,6 +4,7 @@ which must leave the results as they were (no timing is asserted: speed goals li
 import argparse
 import json
 import random
+import sys
 
 import cv2
 import numpy as np
@@ -13,6 +14,7 @@ import torch
 from llb.bench import add_bench_arguments, run_bench
 from llb.bench.clip import BenchClip
 from llb.config import TransductionConfig, get_config
+from llb.induction import LearnerMemory, apply_filter
 from llb.inference.crop import CropConfig
 from llb.inference.memory import MemoryConfig
 from llb.inference.session import InferenceConfig, Segmenter, _argmax0
@@ -169,6 +171,29 @@ def test_session_results_equal_those_of_encoding_the_memory_from_scratch(segment
         IncrementalMemoryEncoder, "update", lambda self, feats: self.transduction.encode_memory(torch.stack(feats))
     )
     np.testing.assert_allclose(fast, _probs(segmenter), atol=1e-5)
+
+
+def test_session_results_equal_those_of_the_learner_refitting_from_scratch(segmenter, monkeypatch, one_thread):
+    """The carried fit (memory size 4 here, so frames leave the memory too) against FewShotLearner's steps."""
+    fast = _probs(segmenter)
+
+    def refit(learner, feat, label, weight, iters, tau, fitted, sample_weight=None):
+        tau, _ = learner(LearnerMemory(feat, label, weight, sample_weight), iters, tau)
+        return tau, apply_filter(feat, tau)
+
+    monkeypatch.setattr("llb.inference.session.fit", refit)
+    np.testing.assert_allclose(fast, _probs(segmenter), atol=1e-5)
+
+
+def test_a_peer_that_is_not_installed_is_skipped_with_a_message(blackswan, capsys, one_thread, monkeypatch):
+    monkeypatch.setattr("llb.checkpoint.LOCAL_DIRS", ())
+    monkeypatch.setitem(sys.modules, "sam2", None)  # import sam2 raises ImportError
+    argv = ["--device", "cpu", "--allow-untrained", "--clip", str(blackswan), "--size", "64x48", "--frames", "2"]
+    argv += ["--variant", "joint", "--warmup", "0", "--threads", "1", "--quiet", "--peers", "sam2"]
+    assert run_bench(_parse(argv)) == 0
+    out = capsys.readouterr().out
+    assert "peer sam2 skipped: sam2 is not importable" in out and "README" in out
+    assert _parse([]).peers == [] and _parse(["--peers", "sam2"]).peers == ["sam2"]
 
 
 def test_running_argmax_equals_argmax_ties_included():

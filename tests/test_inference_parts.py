@@ -4,11 +4,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
+from llb.config import InductionConfig
 from llb.data import sampler
 from llb.decoder import upsample, upsample2x
+from llb.induction import FewShotLearner, LearnerMemory, apply_filter
 from llb.inference.aggregate import soft_aggregate
 from llb.inference.crop import CropConfig, crop, crop_channels_last, mask_box, paste, search_region, update_box
+from llb.inference.fit import fit
 from llb.inference.memory import MemoryBank, MemoryConfig, MemoryEntry
 from llb.inference.session import _argmax0
 
@@ -237,3 +241,27 @@ def test_argmax0_gives_the_index_or_the_value_of_the_first_maximum() -> None:
     assert torch.equal(_argmax0(x).long(), x.argmax(0))
     assert torch.equal(_argmax0(x, [0, 3, 7, 9]).long(), torch.tensor([0, 3, 7, 9])[x.argmax(0)])
     assert torch.equal(_argmax0(x[:2], [0, 5]).long(), torch.where(x[1] > x[0], 5, 0))
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_fit_carrying_the_output_matches_the_learner_over_a_growing_memory(weighted: bool) -> None:
+    """Three fits on a memory that grows and drops a frame, each from the last tau: `fit` (carrying A tau
+    across steps and fits) gives the learner's tau and A tau up to float rounding."""
+    torch.manual_seed(0)
+    learner = FewShotLearner(InductionConfig(), feature_dim=8, label_dim=4)
+    feat, label, weight = torch.randn(5, 2, 8, 6, 7), torch.randn(5, 2, 4, 6, 7), torch.rand(5, 2, 4, 6, 7) + 0.5
+    omega = torch.rand(5, 2) + 0.1 if weighted else None
+    frames_of_fit, iters_of_fit = [[0], [0, 1, 2], [0, 2, 3, 4]], [20, 3, 3]
+    tau_ref = tau = None
+    fitted: dict[int, Tensor] = {}
+    for frames, iters in zip(frames_of_fit, iters_of_fit, strict=True):
+        sw = None if omega is None else omega[frames]
+        memory = LearnerMemory(feat[frames], label[frames], weight[frames], sw)
+        tau_ref, _ = learner(memory, iters, tau_ref)
+        tau, out = fit(
+            learner, feat[frames], label[frames], weight[frames], iters, tau, [fitted.get(f) for f in frames], sw
+        )
+        fitted = dict(zip(frames, out, strict=True))
+        torch.testing.assert_close(tau, tau_ref, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(out, apply_filter(feat[frames], tau_ref), rtol=1e-4, atol=1e-5)
+    assert tau_ref.abs().max() > 1e-3  # the fit moved tau

@@ -20,6 +20,7 @@ from ..inference.session import Segmenter
 from ..options import add_model_args, build_segmenter, parse_device, parse_size
 from .clip import BenchClip, default_clip
 from .measure import Run, measure
+from .peers import PEERS, PeerUnavailable, run_peer
 from .report import build_report, draw_plot, format_table, run_label, write_json
 
 __all__ = ["add_bench_arguments", "run_bench"]
@@ -54,7 +55,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--objects", type=int, nargs="+", default=[1], help="objects tracked, one run each (default 1)")
     parser.add_argument("--warmup", type=int, default=5, help="first frames left out of latency figures (default 5)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the backbone and decoder (for CUDA)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the backbone (and on CUDA the decoder)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--json", default=None, help="write the figures here as JSON")
     parser.add_argument("--plot", default=None, help="PNG of time and memory against length (default: beside --json)")
@@ -69,6 +70,14 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="write the PNGs and the overlay video in the loop, not on the writer's background thread (the "
         "'encode' stage then holds their whole cost)",
+    )
+    parser.add_argument(
+        "--peers",
+        nargs="+",
+        choices=PEERS,
+        default=[],
+        help="also time these engines on the same frames (one object, random weights; skipped with a message "
+        "where not installed)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -114,11 +123,19 @@ def run_bench(args: argparse.Namespace) -> int:
     }
     if device.type == "cuda":
         meta["gpu"] = torch.cuda.get_device_name(device)
+    peers = _peers(args, clip, length)
+    if peers:
+        meta["peers"] = peers
     report = build_report(runs, args.frames, args.warmup, meta)
     print(f"llb bench on {device} ({meta['threads']} CPU threads), clip {clip.path} ({meta['clip_size']}) looped")
     if not all(run.trained for run in runs):
         print("UNTRAINED weights: an untrained network does the same work as a trained one, so speed is the same")
     print(format_table(report))
+    for peer in peers:
+        print(
+            f"peer {peer['peer']}: median {peer['ms_median']} ms/frame, p90 {peer['ms_p90']}, {peer['fps']} fps "
+            f"({peer['frames']} frames, propagation only)"
+        )
     plot = args.plot or (f"{args.json.removesuffix('.json')}.png" if args.json else None)
     if args.json:
         write_json(report, args.json)
@@ -131,6 +148,17 @@ def run_bench(args: argparse.Namespace) -> int:
         Path(args.profile).write_text("\n\n".join(profiles) + "\n")
         print(f"wrote {args.profile}")
     return 0
+
+
+def _peers(args: argparse.Namespace, clip: BenchClip, length: int) -> list[dict[str, object]]:
+    """The figures of every peer asked for that is installed; a message for each one that is not."""
+    results = []
+    for name in args.peers:
+        try:
+            results.append(run_peer(name, clip, length, args.warmup, bf16=not args.fp32))
+        except PeerUnavailable as err:
+            print(f"peer {name} skipped: {err}")
+    return results
 
 
 def _profiled(

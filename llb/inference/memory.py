@@ -27,7 +27,8 @@ class MemoryConfig:
 
 @dataclass
 class MemoryEntry:
-    """One memory frame for B targets: learner and transduction features (B, C, h, w), E1, E2, W (B, D, h, w)."""
+    """One memory frame for B targets: learner and transduction features (B, C, h, w), E1, E2, W (B, D, h, w),
+    and the output of the group's last fitted target model on it (kept by the fit, see `inference.fit`)."""
 
     frame: int
     learner: Tensor
@@ -35,6 +36,7 @@ class MemoryEntry:
     e1: Tensor
     e2: Tensor
     weight: Tensor
+    fitted: Tensor | None = None  # the group's current target model applied to `learner` (B, D, h, w), float32
 
 
 @dataclass

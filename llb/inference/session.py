@@ -37,13 +37,13 @@ import torch
 from torch import Tensor
 
 from ..checkpoint import load_model
-from ..induction import LearnerMemory
 from ..network import FrameFeatures, LLBNet
 from ..transduction import IncrementalMemoryEncoder
 from ..video.io import VideoError, iter_frames, probe
 from ..video.masks import object_ids
 from .aggregate import soft_aggregate
 from .crop import CropConfig, crop_channels_last, mask_box, paste, search_region, update_box
+from .fit import fit
 from .memory import MemoryBank, MemoryConfig, MemoryEntry
 from .timing import StageFn, StageTimer, untimed
 
@@ -60,7 +60,7 @@ class InferenceConfig:
     init_iters: int = 20
     update_iters: int = 3
     autocast: bool = True  # bf16 autocast where the device computes bf16 natively (the learner stays float32)
-    compile: bool = False  # torch.compile the backbone and the decoder (for CUDA; the first frames compile)
+    compile: bool = False  # torch.compile the backbone and, on CUDA, the decoder (the first frames compile)
     return_gates: bool = False  # AFM gate maps per object, for display
 
     @classmethod
@@ -169,11 +169,15 @@ class Segmenter:
             self.compile()
 
     def compile(self) -> None:
-        """torch.compile the backbone and the decoder, in place (their state dict keys stay as they are); pays
-        on CUDA, where the first frames of each batch size then take a while to compile."""
+        """torch.compile the backbone and (on CUDA) the decoder, in place (their state dict keys stay as they
+        are); the first frames of each batch size then take a while to compile. On a 2-core CPU (bf16, 1
+        thread, loaded) neither pays: the backbone took 39.4 CPU ms a frame compiled against 39.9 eager in
+        `llb bench` (about 50 s to compile), the decoder 107-128 ms against 112-127 (3 minutes to compile), so
+        on the CPU the decoder stays eager."""
         self.cfg.compile = True
         self.model.backbone.compile()
-        self.model.decoder.compile()
+        if self.device.type != "cpu":
+            self.model.decoder.compile()
 
     @classmethod
     def from_pretrained(
@@ -462,16 +466,23 @@ class Session:
         return crops, feats
 
     def _fit(self, group: _Group, iters: int, tau: Tensor | None) -> Tensor:
-        """Steepest descent on the group's memory, in float32."""
+        """Steepest descent on the group's memory, in float32; each entry keeps the new tau's output on it, so
+        the next fit applies tau afresh only to the entries added since (`fit`)."""
         mem = group.memory
-        learner_mem = LearnerMemory(
-            feat=mem.stacked("learner").float(),
-            label=mem.stacked("e2").float(),
-            weight=mem.stacked("weight").float(),
-            sample_weight=mem.sample_weights(mem.entries[0].learner),
-        )
+        entries = mem.entries
         with self._stage("learner"), torch.autocast(self.segmenter.device.type, enabled=False):
-            tau, _ = self.segmenter.model.learner(learner_mem, iters, tau)
+            tau, out = fit(
+                self.segmenter.model.learner,
+                mem.stacked("learner").float(),
+                mem.stacked("e2").float(),
+                mem.stacked("weight").float(),
+                iters,
+                tau,
+                [e.fitted for e in entries],
+                mem.sample_weights(entries[0].learner),
+            )
+        for entry, fitted in zip(entries, out, strict=True):
+            entry.fitted = fitted
         return tau
 
     def _remember(
