@@ -219,12 +219,13 @@ def test_a_correction_keeps_the_memory_built_so_far(segmenter, monkeypatch):
     once.add_mask(7, fix)
     reference = list(once.propagate())
     _same(reference[:7], first[:7])
-    for x, y in zip(again, reference[7:], strict=True):  # the memory is re-encoded afresh: float rounding
-        np.testing.assert_allclose(x.probs, y.probs, atol=1e-4)
+    # the memory is re-encoded afresh and the learner carries its A tau per entry (llb.inference.fit): float rounding
+    for x, y in zip(again, reference[7:], strict=True):
+        np.testing.assert_allclose(x.probs, y.probs, atol=5e-4)
 
     session.clear_prompts(7)
     for x, y in zip(session.propagate(start=7), first[7:], strict=True):
-        np.testing.assert_allclose(x.probs, y.probs, atol=1e-4)
+        np.testing.assert_allclose(x.probs, y.probs, atol=5e-4)
     session.add_mask(7, fix)
     session.clear_prompts(0)  # the track's start: nothing before 7 holds, so it starts afresh there
     assert np.array_equal(next(session.propagate()).labels, fix)
