@@ -9,7 +9,6 @@ cache, then the Hub, and fail fast with a clear message offline.
 from __future__ import annotations
 
 import json
-import os
 import socket
 from collections.abc import Iterable
 from pathlib import Path
@@ -21,11 +20,11 @@ from safetensors.torch import save_file
 
 from .config import ModelConfig, get_config
 from .network import LLBNet
+from .settings import from_env
 
 FORMAT = "llb-checkpoint/1"
 OMITTED_BACKBONE = "backbone."  # key prefix of a pretrained backbone left out of a compact checkpoint
-HUB_REPO = os.environ.get("LLB_HUB_REPO", "llb-vos/llb-checkpoints")
-LOCAL_DIRS = (Path(__file__).resolve().parents[1] / "checkpoints",)
+LOCAL_DIRS = (from_env().checkpoints,)  # the repo's checkpoints/ (the working directory's when installed)
 
 
 class CheckpointError(RuntimeError):
@@ -154,7 +153,8 @@ def resolve_checkpoint(key: str) -> Path:
     """Find the trained checkpoint named `key` (e.g. `lite-llb`): $LLB_CHECKPOINT_DIR, the repo's
     checkpoints/, the Hugging Face cache, then the Hub (skipped when HF_HUB_OFFLINE is set)."""
     filename = f"{key}.safetensors"
-    dirs = [Path(os.environ["LLB_CHECKPOINT_DIR"])] if os.environ.get("LLB_CHECKPOINT_DIR") else []
+    env = from_env()
+    dirs = [env.checkpoint_dir] if env.checkpoint_dir else []
     for folder in [*dirs, *LOCAL_DIRS]:
         if (folder / filename).is_file() or _index_path(folder / filename).is_file():
             return folder / filename
@@ -162,18 +162,18 @@ def resolve_checkpoint(key: str) -> Path:
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
-        return Path(hf_hub_download(HUB_REPO, filename, local_files_only=True))
+        return Path(hf_hub_download(env.hub_repo, filename, local_files_only=True))
     except (LocalEntryNotFoundError, OSError):
         pass
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+    if env.hub_offline:
         hub = "the Hub (skipped: HF_HUB_OFFLINE is set)"
     elif not _hub_reachable():
         hub = "the Hub (unreachable: no network)"
     else:
         try:
-            return Path(hf_hub_download(HUB_REPO, filename))
+            return Path(hf_hub_download(env.hub_repo, filename))
         except Exception as err:  # any Hub failure means: not available here
-            hub = f"the Hub ({HUB_REPO}: {type(err).__name__})"
+            hub = f"the Hub ({env.hub_repo}: {type(err).__name__})"
     looked = ", ".join(str(d) for d in [*dirs, *LOCAL_DIRS])
     raise CheckpointError(
         f"no trained checkpoint '{filename}' found (looked in {looked}, the Hugging Face cache and {hub}). "

@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from llb.settings import from_env
+
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("LLB_SHARED", REPO.parent / "shared"))
+SHARED = from_env().shared  # $LLB_SHARED, else ../shared beside the repo
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..settings import from_env
 from ..video.io import VideoError, iter_frames, probe
 from ..video.masks import load_mask, object_ids
 
@@ -27,8 +28,7 @@ EXTRA_CENTRES = ((0.15, 0.2), (0.85, 0.2), (0.15, 0.8), (0.85, 0.8), (0.5, 0.12)
 
 def default_clip() -> Path:
     """The DAVIS 2017 `blackswan` frames of the project's shared data (`$LLB_SHARED`, else ../shared)."""
-    shared = Path(os.environ.get("LLB_SHARED", Path(__file__).resolve().parents[2].parent / "shared"))
-    path = shared.joinpath(*DAVIS_SEQUENCE)
+    path = from_env().shared.joinpath(*DAVIS_SEQUENCE)
     if not path.is_dir():
         raise FileNotFoundError(f"no default clip at {path}: pass --clip (a frame folder or a video file)")
     return path

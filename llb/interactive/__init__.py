@@ -13,8 +13,8 @@ without u2netp to plain GrabCut; set explicitly to `model`, a missing file is an
 from __future__ import annotations
 
 import logging
-import os
 
+from ..settings import from_env
 from .base import Click, ClickSegmenter
 from .grabcut import GrabCutSegmenter
 from .local_zone import LocalZoneSegmenter
@@ -51,10 +51,10 @@ log = logging.getLogger(__name__)
 def default_segmenter() -> ClickSegmenter:
     """SAM when configured, else the backend named by `$LLB_CLICK_BACKEND`; unset, the trained click model, or
     the hand-made fallback when its weights (or u2netp) cannot be found."""
-    checkpoint = os.environ.get("LLB_SAM_CHECKPOINT")
-    if checkpoint:
-        return SamSegmenter(checkpoint, os.environ.get("LLB_SAM_MODEL", "vit_t"))
-    backend = os.environ.get("LLB_CLICK_BACKEND")
+    env = from_env()
+    if env.sam_checkpoint:
+        return SamSegmenter(env.sam_checkpoint, env.sam_model)
+    backend = env.click_backend
     if backend is not None and backend not in CLICK_BACKENDS:
         raise ValueError(f"LLB_CLICK_BACKEND={backend!r}: choose one of {', '.join(CLICK_BACKENDS)}")
     if backend in (None, "model"):

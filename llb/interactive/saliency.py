@@ -15,6 +15,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..settings import from_env
+
 SIZE = 320  # u2netp's input side
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -22,8 +24,8 @@ STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
 def find_u2netp() -> Path | None:
     """Path of u2netp.onnx: `$LLB_U2NETP`, else the copy in the installed `rembg` package, else None."""
-    if os.environ.get("LLB_U2NETP"):
-        path = Path(os.environ["LLB_U2NETP"])
+    path = from_env().u2netp
+    if path is not None:
         return path if path.is_file() else None
     spec = importlib.util.find_spec("rembg")
     for folder in (spec.submodule_search_locations or []) if spec else []:

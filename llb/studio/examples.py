@@ -5,15 +5,15 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from llb.video.io import VideoError
 
-from .settings import REPO, Settings
+from ..settings import from_env, repo_root
+from .settings import Settings
 
-SHIPPED = REPO / "examples"
+SHIPPED = repo_root() / "examples"
 LIST = SHIPPED / "examples.json"
 
 
@@ -51,7 +51,7 @@ def example_path(example: Example, settings: Settings) -> Path:
     local = _local(example, settings)
     if local is not None:
         return local
-    if settings.examples_repo and os.environ.get("HF_HUB_OFFLINE", "").lower() not in ("1", "true", "yes"):
+    if settings.examples_repo and not from_env().hub_offline:
         from huggingface_hub import hf_hub_download
 
         try:

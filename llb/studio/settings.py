@@ -1,33 +1,16 @@
-"""Limits and switches of the app, read from the environment once, with defaults that keep a CPU Space
-responsive (a short clip at a modest size); on a GPU the frame limit is higher."""
+"""Limits and switches of the app, read from the environment once (through llb.settings), with defaults that
+keep a CPU Space responsive (a short clip at a modest size); on a GPU the frame limit is higher."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
+from .. import settings as env_settings
+
 UNTRAINED = "UNTRAINED NETWORK - NOT A RESULT"
-
-
-def _int(name: str, default: int) -> int:
-    value = os.environ.get(name, "")
-    return int(value) if value.strip() else default
-
-
-def _size(name: str, default: tuple[int, int]) -> tuple[int, int]:
-    """`WxH` -> (H, W); multiples of 16 (the network's stride)."""
-    value = os.environ.get(name, "").lower().strip()
-    if not value:
-        return default
-    w, h = (int(v) for v in value.split("x"))
-    if w % 16 or h % 16:
-        raise ValueError(f"{name}={value}: width and height must be multiples of 16")
-    return h, w
 
 
 @dataclass(frozen=True)
@@ -52,19 +35,24 @@ class Settings:
     @classmethod
     def from_env(cls) -> Settings:
         gpu = torch.cuda.is_available()
+        env = env_settings.from_env()
+
+        def pick(value: int | None, default: int) -> int:
+            return default if value is None else value
+
         return cls(
-            max_frames=_int("LLB_MAX_FRAMES", 300 if gpu else 90),
-            max_side=_int("LLB_MAX_SIDE", 854 if gpu else 640),
-            max_upload_mb=_int("LLB_MAX_UPLOAD_MB", 500),
-            max_archive_frames=_int("LLB_MAX_ARCHIVE_FRAMES", 2000),
-            max_frame_mb=_int("LLB_MAX_FRAME_MB", 64),
-            max_objects=_int("LLB_MAX_OBJECTS", 20 if gpu else 5),
-            crop_size=_size("LLB_CROP_SIZE", (480, 832) if gpu else (240, 432)),
-            allow_untrained=os.environ.get("LLB_ALLOW_UNTRAINED", "").lower() in ("1", "true", "yes"),
-            examples_dir=Path(os.environ.get("LLB_EXAMPLES_DIR", REPO.parent / "shared" / "examples")),
-            examples_repo=os.environ.get("LLB_EXAMPLES_REPO") or None,
-            work_root=Path(os.environ.get("LLB_APP_TMP", Path(tempfile.gettempdir()) / "llb-app")),
-            session_ttl_s=_int("LLB_SESSION_TTL_S", 3600),
-            max_jobs=_int("LLB_MAX_JOBS", 1),
-            queue_size=_int("LLB_QUEUE_SIZE", 16),
+            max_frames=pick(env.max_frames, 300 if gpu else 90),
+            max_side=pick(env.max_side, 854 if gpu else 640),
+            max_upload_mb=env.max_upload_mb,
+            max_archive_frames=env.max_archive_frames,
+            max_frame_mb=env.max_frame_mb,
+            max_objects=pick(env.max_objects, 20 if gpu else 5),
+            crop_size=env.crop_size or ((480, 832) if gpu else (240, 432)),
+            allow_untrained=env.allow_untrained,
+            examples_dir=env.examples_dir,
+            examples_repo=env.examples_repo,
+            work_root=env.app_tmp,
+            session_ttl_s=env.session_ttl_s,
+            max_jobs=env.max_jobs,
+            queue_size=env.queue_size,
         )

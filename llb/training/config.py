@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from typing import Any
 
 from llb.data.sampler import ClipConfig
 from llb.data.synthetic import SyntheticConfig
+from llb.settings import from_env
 
 from .loss import LossConfig
 
@@ -30,11 +30,8 @@ HOLDOUT = ("breakdance-flare", "flamingo", "mallard-water", "scooter-gray")
 
 
 def shared_data_dir() -> Path:
-    """The project's shared data: $LLB_DATA, else ../shared/data beside the repository."""
-    if os.environ.get("LLB_DATA"):
-        return Path(os.environ["LLB_DATA"])
-    shared = Path(os.environ.get("LLB_SHARED", Path(__file__).resolve().parents[2].parent / "shared"))
-    return shared / "data"
+    """The project's shared data: $LLB_DATA, else $LLB_SHARED/data (../shared/data beside the repository)."""
+    return from_env().data
 
 
 @dataclass
