@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -108,6 +109,24 @@ def progressive_merge(prev: np.ndarray, new: np.ndarray, click: Click) -> np.nda
     _, parts = cv2.connectedComponents(change, connectivity=8)
     part = parts == parts[click.y, click.x]
     return prev | part if click.positive else prev & ~part
+
+
+class KeepsOut(ABC):
+    """A click segmenter whose mask (`_segment`) is then kept out of the other objects' pixels (`keep_out`)."""
+
+    def segment(
+        self,
+        image: np.ndarray,
+        clicks: Sequence[Click],
+        prior: np.ndarray | None = None,
+        avoid: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """The mask of `clicks` (see ClickSegmenter), kept out of `avoid`."""
+        return keep_out(self._segment(image, clicks, prior), avoid, clicks)
+
+    @abstractmethod
+    def _segment(self, image: np.ndarray, clicks: Sequence[Click], prior: np.ndarray | None) -> np.ndarray:
+        """(H, W) bool mask of `clicks` on `image`, refining `prior` where given."""
 
 
 class ClickHistory:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 import cv2
 import numpy as np
 
-from .base import Click, click_radius, keep_out
+from .base import Click, KeepsOut, click_radius
 
 WORK_SIDE = 400  # GrabCut runs at most at this size (speed); the mask is scaled back
 ITERATIONS = 4
@@ -26,7 +26,7 @@ SALIENT = 0.5
 BOX = 0.18  # half-size of the box around a lone click, as a fraction of the shorter side
 
 
-class GrabCutSegmenter:
+class GrabCutSegmenter(KeepsOut):
     """The backend that needs no SAM checkpoint; `saliency` (image -> [0, 1] map) finds whole objects."""
 
     def __init__(self, saliency: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
@@ -36,16 +36,6 @@ class GrabCutSegmenter:
     def fork(self) -> GrabCutSegmenter:
         """Itself: it keeps no per-frame state, so sessions can share it."""
         return self
-
-    def segment(
-        self,
-        image: np.ndarray,
-        clicks: Sequence[Click],
-        prior: np.ndarray | None = None,
-        avoid: np.ndarray | None = None,
-    ) -> np.ndarray:
-        """The mask of `clicks` (see ClickSegmenter), kept out of `avoid`."""
-        return keep_out(self._segment(image, clicks, prior), avoid, clicks)
 
     def _segment(self, image: np.ndarray, clicks: Sequence[Click], prior: np.ndarray | None) -> np.ndarray:
         h, w = image.shape[:2]

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 from skimage.graph import MCP_Geometric
 
-from .base import Click, ClickHistory, click_radius, keep_out, trivial_mask
+from .base import Click, ClickHistory, KeepsOut, click_radius, trivial_mask
 
 ZONE = 0.08  # radius of a click's local zone, as a fraction of the longer image side
 SALIENT = 0.5
@@ -32,7 +32,7 @@ GRADIENT_WEIGHT = 20.0  # geodesic cost per pixel: 1 + weight x colour gradient 
 HISTORY = 64
 
 
-class LocalZoneSegmenter:
+class LocalZoneSegmenter(KeepsOut):
     """Salient regions + local GrabCut corrections; `saliency` maps an image to [0, 1] (u2netp)."""
 
     def __init__(self, saliency: Callable[[np.ndarray], np.ndarray] | None) -> None:
@@ -64,16 +64,6 @@ class LocalZoneSegmenter:
         self._frame = {"regions": regions, "cost": 1 + GRADIENT_WEIGHT * grad}
         self._key = key
         self._history.clear()
-
-    def segment(
-        self,
-        image: np.ndarray,
-        clicks: Sequence[Click],
-        prior: np.ndarray | None = None,
-        avoid: np.ndarray | None = None,
-    ) -> np.ndarray:
-        """The mask of `clicks` (see ClickSegmenter), kept out of `avoid`."""
-        return keep_out(self._segment(image, clicks, prior), avoid, clicks)
 
     def _segment(self, image: np.ndarray, clicks: Sequence[Click], prior: np.ndarray | None) -> np.ndarray:
         h, w = image.shape[:2]

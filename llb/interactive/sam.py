@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import Click, keep_out
+from .base import Click, KeepsOut
 
 
 def load_predictor(checkpoint: str, model_type: str) -> Any:
@@ -31,7 +31,7 @@ def load_predictor(checkpoint: str, model_type: str) -> Any:
     return module.SamPredictor(model)
 
 
-class SamSegmenter:
+class SamSegmenter(KeepsOut):
     """Points (and the prior's box, when correcting) prompt SAM; the image embedding is kept per frame."""
 
     def __init__(self, checkpoint: str, model_type: str = "vit_t", predictor: Any | None = None) -> None:
@@ -43,16 +43,6 @@ class SamSegmenter:
     def fork(self) -> SamSegmenter:
         """Itself: the predictor is too large to copy, so sessions take turns on it (see `segment`)."""
         return self
-
-    def segment(
-        self,
-        image: np.ndarray,
-        clicks: Sequence[Click],
-        prior: np.ndarray | None = None,
-        avoid: np.ndarray | None = None,
-    ) -> np.ndarray:
-        """The mask of `clicks` (see ClickSegmenter), kept out of `avoid`."""
-        return keep_out(self._segment(image, clicks, prior), avoid, clicks)
 
     def _segment(self, image: np.ndarray, clicks: Sequence[Click], prior: np.ndarray | None) -> np.ndarray:
         has_prior = prior is not None and bool(prior.any())
