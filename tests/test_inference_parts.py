@@ -5,13 +5,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torchvision.ops import roi_align
 
 from llb.config import InductionConfig
 from llb.data import sampler
 from llb.decoder import upsample, upsample2x
 from llb.induction import FewShotLearner, LearnerMemory, apply_filter
 from llb.inference.aggregate import soft_aggregate
-from llb.inference.crop import CropConfig, crop, crop_channels_last, mask_box, paste, search_region, update_box
+from llb.inference.crop import CropConfig, crop_channels_last, mask_box, paste, search_region, update_box
 from llb.inference.fit import fit
 from llb.inference.memory import MemoryBank, MemoryConfig, MemoryEntry
 from llb.inference.session import _argmax0
@@ -64,7 +65,7 @@ def test_crop_then_paste_round_trips_inside_the_box():
     yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
     image = torch.stack([xx, yy, xx + yy])  # smooth, so bilinear resampling is nearly exact
     boxes = torch.tensor([[10.0, 5.0, 50.0, 45.0], [0.0, 0.0, 80.0, 60.0]])
-    crops = crop(image[None], boxes, (32, 48))
+    crops = crop_channels_last(image.permute(1, 2, 0)[None], boxes, (32, 48))
     back = paste(crops, boxes, (h, w), outside=-1.0)
     inner = back[0, :, 8:42, 12:48]
     torch.testing.assert_close(inner, image[:, 8:42, 12:48], atol=0.6, rtol=0)
@@ -94,21 +95,29 @@ def _frame(h: int = 480, w: int = 854) -> torch.Tensor:
     return ((base + torch.randint(0, 64, (h, w, 3), generator=gen)) % 256).to(torch.uint8)
 
 
+def _crop_by_roi_align(images: Tensor, boxes: Tensor, size: tuple[int, int], index: Tensor | None = None) -> Tensor:
+    """The reference crop: torchvision's roi_align (aligned, adaptive sampling) of float images (N, C, H, W)."""
+    if index is None:
+        index = boxes.new_zeros(len(boxes))
+    rois = torch.cat([index[:, None].to(boxes), boxes], dim=1).to(images.dtype)
+    return roi_align(images, rois, output_size=size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+
+
 def test_crop_channels_last_is_roi_align_of_the_float_frame() -> None:
     frame = _frame()
-    want = crop(frame.permute(2, 0, 1).float()[None], FRAME_BOXES, (60, 108))
+    want = _crop_by_roi_align(frame.permute(2, 0, 1).float()[None], FRAME_BOXES, (60, 108))
     got = crop_channels_last(frame[None], FRAME_BOXES, (60, 108))
     assert got.shape == want.shape and got.dtype == torch.float32
     assert got.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-3)  # of 0..255
-    big = crop(frame.permute(2, 0, 1).float()[None], FRAME_BOXES[:1], (240, 432))
+    big = _crop_by_roi_align(frame.permute(2, 0, 1).float()[None], FRAME_BOXES[:1], (240, 432))
     torch.testing.assert_close(crop_channels_last(frame[None], FRAME_BOXES[:1], (240, 432)), big, rtol=0, atol=1e-3)
 
 
 def test_crop_channels_last_reads_the_image_of_each_box() -> None:
     masks = (_frame()[..., :2].permute(2, 0, 1) > 128).float()  # two (H, W) masks
     index = torch.tensor([1, 0])
-    want = crop(masks[:, None], FRAME_BOXES[:2], (60, 108), index)
+    want = _crop_by_roi_align(masks[:, None], FRAME_BOXES[:2], (60, 108), index)
     got = crop_channels_last(masks[..., None], FRAME_BOXES[:2], (60, 108), index)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
 
@@ -134,8 +143,8 @@ def test_paste_is_grid_sample_on_the_boxes() -> None:
 
 
 def test_crop_reads_zero_outside_the_image():
-    image = torch.ones(1, 1, 20, 20)
-    out = crop(image, torch.tensor([[-20.0, 0.0, 20.0, 20.0]]), (10, 20))
+    image = torch.ones(1, 20, 20, 1)
+    out = crop_channels_last(image, torch.tensor([[-20.0, 0.0, 20.0, 20.0]]), (10, 20))
     assert out[0, 0, :, :8].max() < 0.2 and out[0, 0, :, 12:].min() > 0.8
 
 

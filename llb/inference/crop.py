@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torchvision.ops import roi_align
 
 OUTSIDE_LOGIT = -100.0  # score of pixels outside the search region (probability 0)
 
@@ -77,18 +76,6 @@ def _inside(c: Tensor, extent: Tensor, limit: int) -> Tensor:
     return torch.where(extent >= limit, torch.full_like(c, limit / 2), torch.minimum(torch.maximum(c, lo), hi))
 
 
-def crop(images: Tensor, boxes: Tensor, size: tuple[int, int], index: Tensor | None = None) -> Tensor:
-    """Crop K boxes out of images (N, C, H, W) and resize them to `size`: (K, C, h, w); outside reads 0.
-
-    Box k reads image `index[k]` (image 0 for all when None). roi_align averages over the pixels that each
-    output sample covers, so large crops are not aliased.
-    """
-    if index is None:
-        index = boxes.new_zeros(len(boxes))
-    rois = torch.cat([index[:, None].to(boxes), boxes], dim=1).to(images.dtype)
-    return roi_align(images, rois, output_size=size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
-
-
 def _roi_taps(start: Tensor, end: Tensor, n_out: int, n_in: int) -> tuple[Tensor, Tensor]:
     """roi_align's sampling (aligned, spatial scale 1, adaptive sampling ratio) along one axis, for a box
     [start, end) (0-d float32) over n_in pixels to n_out bins: per bin, the pixels it reads and their weights
@@ -115,12 +102,14 @@ def _roi_taps(start: Tensor, end: Tensor, n_out: int, n_in: int) -> tuple[Tensor
 
 
 def crop_channels_last(images: Tensor, boxes: Tensor, size: tuple[int, int], index: Tensor | None = None) -> Tensor:
-    """`crop` of channels-last images (N, H, W, C), of any dtype (a frame's uint8): (K, C, h, w) float32 in
-    channels-last memory; box k reads image `index[k]` (image 0 for all when None).
+    """Crop K boxes out of channels-last images (N, H, W, C) of any dtype (a frame's uint8) and resize them to
+    `size`: (K, C, h, w) float32 in channels-last memory; outside reads 0. Box k reads image `index[k]` (image 0
+    for all when None).
 
-    roi_align's sampling is separable: each output pixel averages bilinear samples on a grid, so it is a
-    weighted sum of rows, then of columns. Only the pixels a box reads are gathered and made float, where
-    roi_align reads a whole float copy of the image; equal to `crop` up to float rounding.
+    This is torchvision's roi_align (aligned, adaptive sampling ratio: it averages over the pixels each output
+    sample covers, so large crops are not aliased), written out: its sampling is separable, each output pixel
+    a weighted sum of rows, then of columns. Only the pixels a box reads are gathered and made float, where
+    roi_align reads a whole float copy of the image; equal to it up to float rounding (tests).
     """
     img_h, img_w, chans = images.shape[1:]
     out_h, out_w = size
