@@ -91,8 +91,11 @@ def write_tensors(
 
 def read_tensors(path: str | Path, what: str = "checkpoint") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and metadata of a safetensors file, or of the parts its index names; CheckpointError (naming
-    `what`) when it is missing or unreadable."""
+    `what`) when it is missing or unreadable. The index's own path (`NAME.safetensors.index.json`) names the same
+    checkpoint as `NAME.safetensors`."""
     path = Path(path)
+    if path.name.endswith(".safetensors.index.json"):
+        path = path.with_name(path.name.removesuffix(".index.json"))
     index = _index_path(path)
     if path.is_file():
         files = [path]

@@ -91,6 +91,8 @@ def test_sharded_checkpoint_respects_the_limit_and_reloads(tmp_path):
     assert len(shards) > 1 and all(f.stat().st_size <= 16 * 2**20 + 2**16 for f in shards)
     _, state, _ = read_checkpoint(tmp_path / "m.safetensors")
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    _, by_index, _ = read_checkpoint(tmp_path / "m.safetensors.index.json")  # the index names the same checkpoint
+    assert by_index.keys() == state.keys()
 
 
 def test_checkpoint_of_another_variant_or_untrained_is_refused(tmp_path):
