@@ -90,7 +90,7 @@ def test_noc_and_iou() -> None:
     assert iou(square((10, 10), 0, 0, 4), square((10, 10), 0, 2, 4)) == pytest.approx(8 / 24)
 
 
-class DiscSegmenter:
+class DiscMethod:
     """A toy method: the union of discs of radius 4 around the positive clicks, minus those of the negatives."""
 
     name = "discs"
@@ -123,7 +123,7 @@ def test_protocol_on_toy_methods() -> None:
     result = run_protocol(oracle, sample)
     assert oracle.prepared == 1
     assert result.ious == [1.0] * 10 and len(result.clicks) == 1
-    discs = run_protocol(DiscSegmenter(), sample)
+    discs = run_protocol(DiscMethod(), sample)
     assert discs.clicks[0] == Click(35, 15, True)
     assert all(gt[c.y, c.x] == c.positive for c in discs.clicks)  # positive on the object, negative off it
     assert discs.ious[0] == pytest.approx(49 / 121)  # a radius-4 disc (49 px) inside the 11x11 square

@@ -13,11 +13,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..evaluation.clicks import MAX_CLICKS, Sample, Segmenter, run_protocol
+from ..evaluation.clicks import MAX_CLICKS, ClickMethod, Sample, run_protocol
 
 
 def bench_clicks(
-    methods: dict[str, Segmenter], samples: Sequence[Sample], max_clicks: int = MAX_CLICKS
+    methods: dict[str, ClickMethod], samples: Sequence[Sample], max_clicks: int = MAX_CLICKS
 ) -> dict[str, dict]:
     """Per backend: ms per click (mean, median, p90, max), ms per frame (mean) and the counts behind them."""
     report: dict[str, dict] = {}
