@@ -52,7 +52,7 @@ class TrainPlan:
     steps: int
     warmup: int
     workers: int
-    init: str
+    init: str | None  # None: start from scratch
 
     @property
     def size_text(self) -> str:

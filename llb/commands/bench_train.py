@@ -4,6 +4,7 @@ module prints each result as it comes and where the JSON went."""
 from __future__ import annotations
 
 import argparse
+from dataclasses import fields, replace
 
 from llb.bench.training import SETUPS, TrainPlan, bench_train
 
@@ -25,16 +26,8 @@ def add_bench_train_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_bench_train(args: argparse.Namespace) -> int:
     """`llb bench-train`: every setup asked for (default all), one after the other."""
-    plan = TrainPlan(
-        stage=args.stage,
-        variant=args.variant,
-        size=args.size,
-        batch=args.batch,
-        steps=args.steps,
-        warmup=args.warmup,
-        workers=args.workers,
-        init=args.init or f"checkpoints/lite-{args.variant}.safetensors",
-    )
+    plan = TrainPlan(**{f.name: getattr(args, f.name) for f in fields(TrainPlan)})  # the options of its fields
+    plan = replace(plan, init=plan.init or f"checkpoints/lite-{plan.variant}.safetensors")
     bench_train(plan, args.setup or list(SETUPS), args.json, log=lambda line: print(line, flush=True))
     print(f"wrote {args.json}")
     return 0
