@@ -26,7 +26,7 @@ import numpy as np
 
 from llb.bench.measure import release_memory
 from llb.checkpoint import CheckpointError
-from llb.interactive import ClickSegmenter, default_segmenter
+from llb.interactive import ClickSegmenter, default_click_segmenter
 from llb.studio.clip import UPLOAD_FORMATS, UPLOAD_TYPES, prepare_clip
 from llb.studio.engine import NAMES, Models, device_name, propagate
 from llb.studio.examples import example_path, load_examples
@@ -61,8 +61,8 @@ EXAMPLES = {e.title: e for e in load_examples(SETTINGS)}
 PROGRESS = gr.Progress()  # the default that tells Gradio to pass a progress tracker
 DISPLAY_SIDE = 480  # a smaller clip's working view is enlarged (nearest neighbour) to at least this side
 PREVIEW_EVERY_S = 0.3  # at most ~3 preview images a second reach the browser
-_segmenter: ClickSegmenter | None = None
-_segmenter_lock = threading.Lock()
+_click_segmenter: ClickSegmenter | None = None
+_click_segmenter_lock = threading.Lock()
 # A server path in a message (two or more parts): the page gets its last part only, the log the whole message.
 SERVER_PATH = re.compile(r"(?<![\w.:/~])(?:/[^/\s'\"]+)+/([^/\s'\"]+)")
 
@@ -89,21 +89,21 @@ HEAD = """<script>
 </script>"""
 
 
-def segmenter() -> ClickSegmenter:
+def shared_click_segmenter() -> ClickSegmenter:
     """The click segmenter, loaded on first use; its weights are shared by all sessions."""
-    global _segmenter
-    with _segmenter_lock:
-        if _segmenter is None:
-            _segmenter = default_segmenter()
-        return _segmenter
+    global _click_segmenter
+    with _click_segmenter_lock:
+        if _click_segmenter is None:
+            _click_segmenter = default_click_segmenter()
+        return _click_segmenter
 
 
 def clicker(project: Project) -> ClickSegmenter:
     """The session's own click segmenter (shared weights, its own frame state), so that sessions clicking at
     the same moment get exactly what each would get alone; call with the session's lock held."""
-    if project.segmenter is None:
-        project.segmenter = segmenter().fork()
-    return project.segmenter
+    if project.click_segmenter is None:
+        project.click_segmenter = shared_click_segmenter().fork()
+    return project.click_segmenter
 
 
 def project_of(request: gr.Request | None) -> Project:
@@ -522,7 +522,7 @@ def build() -> gr.Blocks:
         gr.Markdown(
             "# LLB: video object segmentation\n"
             "Click or paint objects on one frame; LLB (*Learning to Learn Better*, AAAI 2023) tracks them "
-            f"through the video. Runs on **{device_name()}**; clicks: **{segmenter().name}**."
+            f"through the video. Runs on **{device_name()}**; clicks: **{shared_click_segmenter().name}**."
         )
         gr.Markdown(model_status(), elem_id="model-status")
         with gr.Row():

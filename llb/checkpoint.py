@@ -23,6 +23,7 @@ from .network import LLBNet
 from .settings import from_env
 
 FORMAT = "llb-checkpoint/1"
+UNTRAINED = "UNTRAINED NETWORK - NOT A RESULT"  # the stamp on every output of a network without trained weights
 OMITTED_BACKBONE = "backbone."  # key prefix of a pretrained backbone left out of a compact checkpoint
 LOCAL_DIRS = (from_env().checkpoints,)  # the repo's checkpoints/ (the working directory's when installed)
 

@@ -9,17 +9,17 @@ from collections.abc import Callable, Sequence
 import cv2
 from tqdm import tqdm
 
-from .bench import add_bench_arguments, run_bench
-from .bench.clicks import add_bench_clicks_arguments, run_bench_clicks
-from .bench.training import add_bench_train_arguments, run_bench_train
-from .checkpoint import CheckpointError
+from .checkpoint import UNTRAINED, CheckpointError
+from .commands.bench import add_bench_arguments, run_bench
+from .commands.bench_clicks import add_bench_clicks_arguments, run_bench_clicks
+from .commands.bench_train import add_bench_train_arguments, run_bench_train
+from .commands.check_official import add_check_arguments, run_check
 from .commands.eval import add_eval_arguments, run_eval
 from .commands.eval_clicks import add_eval_clicks_arguments, run_eval_clicks
+from .commands.import_official import add_import_arguments, run_import
+from .commands.options import add_model_args, build_segmenter
 from .commands.train import add_train_arguments, run_train
 from .commands.train_clicks import add_train_clicks_arguments, run_train_clicks
-from .official import add_import_arguments, run_import
-from .options import UNTRAINED, add_model_args, build_segmenter
-from .parity import add_check_arguments, run_check
 from .video.export import ResultWriter
 from .video.io import IMAGE_FORMATS, VIDEO_FORMATS, VideoError, iter_frames, probe
 from .video.masks import load_mask

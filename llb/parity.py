@@ -1,16 +1,15 @@
-"""Parity with the official LLB and JOINT networks on a fixture of their intermediate tensors (`llb check-official`).
+"""Parity with the official LLB and JOINT networks on a fixture of their intermediate tensors.
 
 A fixture (shared/official/README.md) is an `.npz` of inputs (1 train + N test frames, the train mask) and the
 tensors the official network computed from them with rule-built weights (`make_weights.py` beside it). The check
 builds those weights, writes them as an official checkpoint, imports that file with `import_official` and loads
 the result like any checkpoint, runs the fixture's frames through our network step by step ("Data flow" in the
 README), and compares every stored array in data-flow order: a stage passes when
-max|ours - ref| <= 1e-4 max|ref|.
+max|ours - ref| <= 1e-4 max|ref|. `llb check-official` (llb/commands/check_official.py) prints the table.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import re
@@ -409,35 +408,3 @@ def check_official(
     run_seconds = time.perf_counter() - run_start
     rows = compare(fx.arrays, trace.arrays)
     return CheckResult(fx, official, report, model, trace, rows, run_seconds, time.perf_counter() - start)
-
-
-def add_check_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of `llb check-official`."""
-    parser.add_argument("--fixture", required=True, type=Path, help="parity fixture (.npz) of the official network")
-    parser.add_argument(
-        "--make-weights", type=Path, default=None, help="the fixture's weight rule (default: make_weights.py beside it)"
-    )
-    parser.add_argument(
-        "--tsv",
-        type=Path,
-        default=None,
-        help="layout table of the official state dict (default: llb_state_dict.tsv or joint_state_dict.tsv beside "
-        "the fixture, after its variant)",
-    )
-
-
-def run_check(args: argparse.Namespace) -> int:
-    """`llb check-official`: print every stage's error in data-flow order; 0 when all are within TOL, else 1."""
-    result = check_official(args.fixture, args.make_weights, args.tsv)
-    print(format_rows(result.rows))
-    failed = [row for row in result.rows if not row.passed]
-    timing = f"network pass {result.run_seconds:.1f} s, total {result.total_seconds:.1f} s"
-    if failed:
-        first = failed[0]
-        print(
-            f"FAIL: {len(failed)} of {len(result.rows)} arrays beyond {TOL:g}; first failure in data-flow order: "
-            f"{first.name} ({first.note or f'{first.error:.3g}'}) [{timing}]"
-        )
-        return 1
-    print(f"PASS: all {len(result.rows)} arrays within {TOL:g} [{timing}]")
-    return 0

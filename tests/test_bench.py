@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from llb.bench import add_bench_arguments, run_bench
 from llb.bench.clip import BenchClip
+from llb.commands.bench import add_bench_arguments, run_bench
 from llb.config import TransductionConfig, get_config
 from llb.induction import LearnerMemory, apply_filter
 from llb.inference.crop import CropConfig
@@ -206,7 +206,7 @@ def test_running_argmax_equals_argmax_ties_included():
 def test_bench_train_times_real_runs(data_dir, tmp_path, capsys):
     """`llb bench-train` runs each setup as real `llb train` processes (here two runs side by side) and reports
     their median s/step, the machine's clips/s and the clip sources' cost."""
-    from llb.bench.training import add_bench_train_arguments, run_bench_train
+    from llb.commands.bench_train import add_bench_train_arguments, run_bench_train
 
     parser = argparse.ArgumentParser(prog="llb bench-train")
     add_bench_train_arguments(parser)

@@ -25,7 +25,7 @@ from llb.evaluation.clicks import (
     run_protocol,
     summarize,
 )
-from llb.interactive import Click, LocalZoneSegmenter
+from llb.interactive import Click, LocalZoneClickSegmenter
 from llb.interactive.base import progressive_merge
 from llb.interactive.click_checkpoint import load_click_model, read_click_checkpoint, save_click_checkpoint
 from llb.interactive.click_model import ClickModel, ClickModelConfig, guidance_maps, salient_start
@@ -90,7 +90,7 @@ def test_noc_and_iou() -> None:
     assert iou(square((10, 10), 0, 0, 4), square((10, 10), 0, 2, 4)) == pytest.approx(8 / 24)
 
 
-class DiscSegmenter:
+class DiscMethod:
     """A toy method: the union of discs of radius 4 around the positive clicks, minus those of the negatives."""
 
     name = "discs"
@@ -123,7 +123,7 @@ def test_protocol_on_toy_methods() -> None:
     result = run_protocol(oracle, sample)
     assert oracle.prepared == 1
     assert result.ious == [1.0] * 10 and len(result.clicks) == 1
-    discs = run_protocol(DiscSegmenter(), sample)
+    discs = run_protocol(DiscMethod(), sample)
     assert discs.clicks[0] == Click(35, 15, True)
     assert all(gt[c.y, c.x] == c.positive for c in discs.clicks)  # positive on the object, negative off it
     assert discs.ious[0] == pytest.approx(49 / 121)  # a radius-4 disc (49 px) inside the 11x11 square
@@ -238,7 +238,7 @@ def test_fallback_changes_only_the_local_zone() -> None:
     image[30:90, 100:120] = (60, 60, 200)  # its right end blue: salient with it, but not the object
     salient = np.zeros((120, 160), np.float32)
     salient[30:90, 40:120] = 1.0
-    seg = LocalZoneSegmenter(lambda _: salient)
+    seg = LocalZoneClickSegmenter(lambda _: salient)
     first = seg.segment(image, [Click(70, 60, True)])
     assert np.array_equal(first, salient > 0.5)  # the salient region under the click
     second = seg.segment(image, [Click(70, 60, True), Click(110, 60, False)])
@@ -422,23 +422,23 @@ def test_default_segmenter_is_the_model_with_the_fallback_when_its_weights_are_m
 ) -> None:
     import llb.checkpoint
     from llb.checkpoint import CheckpointError
-    from llb.interactive import GrabCutSegmenter, default_segmenter
+    from llb.interactive import GrabCutClickSegmenter, default_click_segmenter
 
     monkeypatch.delenv("LLB_SAM_CHECKPOINT", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
     monkeypatch.delenv("LLB_CHECKPOINT_DIR", raising=False)
     monkeypatch.delenv("LLB_CLICK_BACKEND", raising=False)
-    assert isinstance(default_segmenter(), ClickModelSegmenter)  # the shipped checkpoints/lite-clicks
+    assert isinstance(default_click_segmenter(), ClickModelSegmenter)  # the shipped checkpoints/lite-clicks
     monkeypatch.setattr(llb.checkpoint, "LOCAL_DIRS", ())
-    assert isinstance(default_segmenter(), LocalZoneSegmenter)  # no weights: the hand-made fallback
+    assert isinstance(default_click_segmenter(), LocalZoneClickSegmenter)  # no weights: the hand-made fallback
     monkeypatch.setenv("LLB_CLICK_BACKEND", "model")
     with pytest.raises(CheckpointError):  # asked for by name: an error that says what is missing
-        default_segmenter()
+        default_click_segmenter()
     monkeypatch.setenv("LLB_CLICK_BACKEND", "local-zone")
-    assert isinstance(default_segmenter(), LocalZoneSegmenter)
+    assert isinstance(default_click_segmenter(), LocalZoneClickSegmenter)
     monkeypatch.setenv("LLB_CLICK_BACKEND", "grabcut")
-    assert isinstance(default_segmenter(), GrabCutSegmenter)
+    assert isinstance(default_click_segmenter(), GrabCutClickSegmenter)
     monkeypatch.setenv("LLB_CLICK_BACKEND", "sam2")
     with pytest.raises(ValueError, match="choose one of"):
-        default_segmenter()
+        default_click_segmenter()

@@ -284,9 +284,8 @@ SHIPPED_FLOOR = {"llb": 88.0, "joint": 88.0}
 def test_shipped_weights_keep_their_accuracy(variant: str, data_dir: Path, tmp_path: Path, monkeypatch) -> None:
     """A regression guard of the shipped networks: tracked by the engine as `llb eval` tracks, scored officially."""
     from llb.evaluation.davis import score_sequence, segment_sequence, summarize
-    from llb.inference.crop import CropConfig
+    from llb.inference.crop import CPU_SIZE, CropConfig
     from llb.inference.session import InferenceConfig, Segmenter
-    from llb.options import CPU_SIZE
 
     monkeypatch.delenv("LLB_CHECKPOINT_DIR", raising=False)
     inference = InferenceConfig(crop=CropConfig(size=CPU_SIZE))

@@ -29,16 +29,12 @@ from torch import Tensor
 
 from llb import parity
 from llb.checkpoint import load_model, read_checkpoint
+from llb.commands import check_official as check_command
+from llb.commands.import_official import add_import_arguments, run_import
 from llb.config import paper_config
 from llb.decoder import LEVELS
 from llb.induction import LearnerMemory
-from llb.official import (
-    OfficialImportError,
-    add_import_arguments,
-    convert_state_dict,
-    read_official_checkpoint,
-    run_import,
-)
+from llb.official import OfficialImportError, convert_state_dict, read_official_checkpoint
 from llb.parity import N_TRAIN, CheckResult, Row, capture, cat, compare, filter_reg, learner_iters
 
 VARIANTS = ("llb", "joint")
@@ -69,8 +65,8 @@ def check_via_cli(fixture: Path) -> Checked:
         return results[-1]
 
     with pytest.MonkeyPatch.context() as patch, redirect_stdout(io.StringIO()) as out:
-        patch.setattr(parity, "check_official", spy)
-        code = parity.run_check(parse(parity.add_check_arguments, ["--fixture", str(fixture)]))
+        patch.setattr(check_command, "check_official", spy)
+        code = check_command.run_check(parse(check_command.add_check_arguments, ["--fixture", str(fixture)]))
     print(out.getvalue())
     return Checked(code, out.getvalue(), results[0])
 

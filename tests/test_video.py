@@ -376,7 +376,7 @@ def test_real_davis_annotation(data_dir: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("width", [160, 320, 1280])
 def test_untrained_stamp_fits_narrow_frames(width):
-    from llb.options import UNTRAINED
+    from llb.checkpoint import UNTRAINED
     from llb.video.export import stamp
 
     out = stamp(np.full((120, width, 3), 200, np.uint8), UNTRAINED)

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..checkpoint import UNTRAINED
 from ..inference.session import Segmenter
 from ..inference.timing import FrameTiming, StageTimer
-from ..options import UNTRAINED
 from ..video.export import ResultWriter
 from .clip import BenchClip
 

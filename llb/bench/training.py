@@ -9,7 +9,6 @@ clip, in this process) is measured too, to size the DataLoader workers. Pause ot
 
 from __future__ import annotations
 
-import argparse
 import csv
 import os
 import platform
@@ -18,12 +17,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..options import parse_size, training_size
 from ..training.config import TrainConfig
 from ..training.trainer import build_dataset
 from .report import write_json
@@ -41,6 +40,26 @@ class Setup:
     compile: bool = False
 
 
+@dataclass(frozen=True)
+class TrainPlan:
+    """What every setup runs: the stage and variant, the training size (H, W), the clips a step of one run, the
+    steps and how many of the first are left out of the median, DataLoader workers, the checkpoint to start from."""
+
+    stage: str
+    variant: str
+    size: tuple[int, int]
+    batch: int
+    steps: int
+    warmup: int
+    workers: int
+    init: str | None  # None: start from scratch
+
+    @property
+    def size_text(self) -> str:
+        """The size as `llb train --size` takes it: WxH."""
+        return f"{self.size[1]}x{self.size[0]}"
+
+
 SETUPS = {
     s.name: s
     for s in (
@@ -54,14 +73,16 @@ SETUPS = {
 }
 
 
-def _command(setup: Setup, args: argparse.Namespace, out: Path) -> list[str]:
-    batch = args.batch // setup.torchrun if setup.torchrun else args.batch
-    train = ["train", "--stage", args.stage, "--variant", args.variant, "--size", args.size, "--batch", str(batch)]
-    train += ["--steps", str(args.steps), "--log-every", "1", "--save-every", "0", "--workers", str(args.workers)]
+def _command(setup: Setup, plan: TrainPlan, out: Path) -> list[str]:
+    """The `llb train` command line of one process of `setup`."""
+    batch = plan.batch // setup.torchrun if setup.torchrun else plan.batch
+    train = ["train", "--stage", plan.stage, "--variant", plan.variant, "--size", plan.size_text]
+    train += ["--batch", str(batch), "--steps", str(plan.steps), "--log-every", "1", "--save-every", "0"]
+    train += ["--workers", str(plan.workers)]
     train += ["--threads", str(setup.threads), "--device", "cpu", "--quiet", "--out", str(out)]
     train += ["--set", "optim.warmup_steps=1", "--set", "freeze_bn=false", "--set", f"compile={setup.compile}"]
-    if args.init:
-        train += ["--init", args.init]
+    if plan.init:
+        train += ["--init", plan.init]
     if not setup.amp:
         train.append("--no-amp")
     llb = ["-m", "llb", *train]
@@ -79,13 +100,13 @@ def _median_step(log: Path, warmup: int) -> tuple[float, int]:
     return float(np.median(rows)), len(rows)
 
 
-def run_setup(setup: Setup, args: argparse.Namespace, work: Path) -> dict[str, object]:
+def run_setup(setup: Setup, plan: TrainPlan, work: Path) -> dict[str, object]:
     """Run one setup to its end; its median s/step and the machine's clips per second."""
     outs = [work / f"{setup.name}-{i}" for i in range(setup.runs)]
     env = {**os.environ, "OMP_NUM_THREADS": str(setup.threads)}
     tick = time.perf_counter()
     procs = [
-        subprocess.Popen(_command(setup, args, out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        subprocess.Popen(_command(setup, plan, out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         for out in outs
     ]
     for proc in procs:
@@ -93,11 +114,11 @@ def run_setup(setup: Setup, args: argparse.Namespace, work: Path) -> dict[str, o
         if proc.returncode:
             raise RuntimeError(f"setup {setup.name} failed: {err.decode(errors='replace').strip()[-2000:]}")
     wall = time.perf_counter() - tick
-    medians = [_median_step(out / "log.csv", args.warmup) for out in outs]
+    medians = [_median_step(out / "log.csv", plan.warmup) for out in outs]
     sec = float(np.mean([m for m, _ in medians]))
     return {
         "sec_per_step": round(sec, 3),
-        "clips_per_s": round(setup.runs * args.batch / sec, 3),
+        "clips_per_s": round(setup.runs * plan.batch / sec, 3),
         "steps_timed": medians[0][1],
         "processes": max(setup.runs, setup.torchrun, 1),
         "threads_per_process": setup.threads,
@@ -107,12 +128,12 @@ def run_setup(setup: Setup, args: argparse.Namespace, work: Path) -> dict[str, o
     }
 
 
-def clip_cost(args: argparse.Namespace, clips: int = 16) -> dict[str, float]:
+def clip_cost(size: tuple[int, int], clips: int = 16) -> dict[str, float]:
     """ms to make one clip of each stage's source in this process (decode, warp, augment)."""
     cost = {}
     for stage in ("synthetic", "video"):
         cfg = TrainConfig(stage=stage)
-        cfg.data.set_size(parse_size(args.size))
+        cfg.data.set_size(size)
         dataset = build_dataset(cfg)
         tick = time.perf_counter()
         for n in range(clips):
@@ -121,48 +142,32 @@ def clip_cost(args: argparse.Namespace, clips: int = 16) -> dict[str, float]:
     return cost
 
 
-def _size_text(text: str) -> str:
-    """A training size `WxH` checked as `llb train` checks it, kept as text for the runs' command lines."""
-    training_size(text)
-    return text
-
-
-def add_bench_train_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--setup", action="append", choices=sorted(SETUPS), help="setups to time (repeatable; default all)")
-    p.add_argument("--stage", choices=("synthetic", "video"), default="synthetic")
-    p.add_argument("--variant", choices=("llb", "joint"), default="llb")
-    p.add_argument("--init", default=None, help="checkpoint to start from (default: checkpoints/lite-VARIANT)")
-    p.add_argument("--size", type=_size_text, default="224x128", help="training size WxH (the CPU campaign's)")
-    p.add_argument("--batch", type=int, default=4, help="clips per step of one run")
-    p.add_argument("--steps", type=int, default=8)
-    p.add_argument("--warmup", type=int, default=2, help="first steps left out of the median")
-    p.add_argument("--workers", type=int, default=1, help="DataLoader workers per process")
-    p.add_argument("--json", required=True, help="write the results here")
-
-
-def run_bench_train(args: argparse.Namespace) -> int:
-    args.init = args.init or f"checkpoints/lite-{args.variant}.safetensors"
+def bench_train(
+    plan: TrainPlan, setups: Sequence[str], json_path: str | Path, log: Callable[[str], None] = print
+) -> dict[str, object]:
+    """Time each named setup in turn; the report (machine, plan, clip cost, per-setup figures) is rewritten to
+    `json_path` after every setup, so an interrupted run keeps what it measured, and each result is logged."""
     report: dict[str, object] = {
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "cpus": os.cpu_count(),
-        "stage": args.stage,
-        "variant": args.variant,
-        "size": args.size,
-        "batch": args.batch,
-        "steps": args.steps,
-        "warmup": args.warmup,
-        "workers": args.workers,
-        "ms_per_clip": clip_cost(args),
-        "setups": {},
+        "stage": plan.stage,
+        "variant": plan.variant,
+        "size": plan.size_text,
+        "batch": plan.batch,
+        "steps": plan.steps,
+        "warmup": plan.warmup,
+        "workers": plan.workers,
+        "ms_per_clip": clip_cost(plan.size),
     }
+    timed: dict[str, object] = {}
+    report["setups"] = timed
     work = Path(tempfile.mkdtemp(prefix="llb-bench-train-"))
     try:
-        for name in args.setup or list(SETUPS):
-            result = run_setup(SETUPS[name], args, work)
-            report["setups"][name] = result
-            print(f"{name:26s} {result['sec_per_step']:6.2f} s/step  {result['clips_per_s']:5.2f} clips/s", flush=True)
-            write_json(report, args.json)
+        for name in setups:
+            result = run_setup(SETUPS[name], plan, work)
+            timed[name] = result
+            log(f"{name:26s} {result['sec_per_step']:6.2f} s/step  {result['clips_per_s']:5.2f} clips/s")
+            write_json(report, json_path)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"wrote {args.json}")
-    return 0
+    return report

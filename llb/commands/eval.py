@@ -8,10 +8,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from llb.checkpoint import UNTRAINED
 from llb.evaluation.davis import davis_sequences, evaluate_davis, fingerprint
 from llb.evaluation.ytvos import submit_ytvos, video_folders
 from llb.inference.session import Segmenter
-from llb.options import UNTRAINED, add_model_args, build_segmenter
+
+from .options import add_model_args, build_segmenter
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:

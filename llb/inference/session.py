@@ -543,6 +543,16 @@ class Session:
             group.center, group.size = update_box(merged, group.center, group.size, cfg.crop)
 
 
+def resolve_device(name: str) -> torch.device:
+    """`auto` (CUDA when there is a GPU, else the CPU), `cpu` or `cuda[:N]`; asking for CUDA without a GPU is a
+    ValueError that says what to pass instead."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    return torch.device(name)
+
+
 @functools.cache
 def native_bf16(device: torch.device) -> bool:
     """Whether `device` computes bfloat16 in hardware: CUDA GPUs from Ampere on, CPUs with AMX or AVX512-BF16

@@ -1,7 +1,7 @@
 """Interactive segmentation of one frame: clicks (and an optional prior mask) in, a binary object mask out.
 
 The app uses this to let a person define an object with a few clicks before LLB tracks it. Backends share
-one small interface (`ClickSegmenter`); `default_segmenter()` picks one:
+one small interface (`ClickSegmenter`); `default_click_segmenter()` picks one:
 a SAM/MobileSAM predictor when `$LLB_SAM_CHECKPOINT` names a checkpoint and its package is installed;
 otherwise `$LLB_CLICK_BACKEND`: `model` (the default: the trained click model `lite-clicks`, a light head over
 EfficientNet-Lite2 features and u2netp's saliency, see checkpoints/lite-clicks.md), `local-zone` (the hand-made
@@ -16,21 +16,21 @@ import logging
 
 from ..settings import from_env
 from .base import Click, ClickSegmenter
-from .grabcut import GrabCutSegmenter
-from .local_zone import LocalZoneSegmenter
+from .grabcut import GrabCutClickSegmenter
+from .local_zone import LocalZoneClickSegmenter
 from .saliency import U2NetSaliency, find_u2netp
-from .sam import SamSegmenter
+from .sam import SamClickSegmenter
 
 __all__ = [
     "CLICK_BACKENDS",
     "Click",
     "ClickModelSegmenter",
     "ClickSegmenter",
-    "GrabCutSegmenter",
-    "LocalZoneSegmenter",
-    "SamSegmenter",
+    "GrabCutClickSegmenter",
+    "LocalZoneClickSegmenter",
+    "SamClickSegmenter",
     "U2NetSaliency",
-    "default_segmenter",
+    "default_click_segmenter",
     "find_u2netp",
 ]
 
@@ -48,12 +48,12 @@ CLICK_BACKENDS = ("model", "local-zone", "grabcut")
 log = logging.getLogger(__name__)
 
 
-def default_segmenter() -> ClickSegmenter:
+def default_click_segmenter() -> ClickSegmenter:
     """SAM when configured, else the backend named by `$LLB_CLICK_BACKEND`; unset, the trained click model, or
     the hand-made fallback when its weights (or u2netp) cannot be found."""
     env = from_env()
     if env.sam_checkpoint:
-        return SamSegmenter(env.sam_checkpoint, env.sam_model)
+        return SamClickSegmenter(env.sam_checkpoint, env.sam_model)
     backend = env.click_backend
     if backend is not None and backend not in CLICK_BACKENDS:
         raise ValueError(f"LLB_CLICK_BACKEND={backend!r}: choose one of {', '.join(CLICK_BACKENDS)}")
@@ -70,5 +70,5 @@ def default_segmenter() -> ClickSegmenter:
             log.warning("click model unavailable (%s); clicks use the hand-made fallback", err)
     model = find_u2netp()
     if backend == "grabcut" or model is None:
-        return GrabCutSegmenter(None)
-    return LocalZoneSegmenter(U2NetSaliency(model))
+        return GrabCutClickSegmenter(None)
+    return LocalZoneClickSegmenter(U2NetSaliency(model))

@@ -26,14 +26,14 @@ SALIENT = 0.5
 BOX = 0.18  # half-size of the box around a lone click, as a fraction of the shorter side
 
 
-class GrabCutSegmenter(KeepsOut):
+class GrabCutClickSegmenter(KeepsOut):
     """The backend that needs no SAM checkpoint; `saliency` (image -> [0, 1] map) finds whole objects."""
 
     def __init__(self, saliency: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
         self.saliency = saliency
         self.name = "u2netp + GrabCut" if saliency else "GrabCut"
 
-    def fork(self) -> GrabCutSegmenter:
+    def fork(self) -> GrabCutClickSegmenter:
         """Itself: it keeps no per-frame state, so sessions can share it."""
         return self
 

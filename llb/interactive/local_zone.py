@@ -32,7 +32,7 @@ GRADIENT_WEIGHT = 20.0  # geodesic cost per pixel: 1 + weight x colour gradient 
 HISTORY = 64
 
 
-class LocalZoneSegmenter(KeepsOut):
+class LocalZoneClickSegmenter(KeepsOut):
     """Salient regions + local GrabCut corrections; `saliency` maps an image to [0, 1] (u2netp)."""
 
     def __init__(self, saliency: Callable[[np.ndarray], np.ndarray] | None) -> None:
@@ -42,9 +42,9 @@ class LocalZoneSegmenter(KeepsOut):
         self._frame: dict[str, np.ndarray] = {}
         self._history = ClickHistory(HISTORY)
 
-    def fork(self) -> LocalZoneSegmenter:
+    def fork(self) -> LocalZoneClickSegmenter:
         """The same saliency model with this session's own frame state."""
-        return LocalZoneSegmenter(self.saliency)
+        return LocalZoneClickSegmenter(self.saliency)
 
     def prepare(self, image: np.ndarray) -> None:
         """Saliency components and the colour-gradient cost of a frame (H, W, 3) RGB; kept for its clicks."""

@@ -31,7 +31,7 @@ def load_predictor(checkpoint: str, model_type: str) -> Any:
     return module.SamPredictor(model)
 
 
-class SamSegmenter(KeepsOut):
+class SamClickSegmenter(KeepsOut):
     """Points (and the prior's box, when correcting) prompt SAM; the image embedding is kept per frame."""
 
     def __init__(self, checkpoint: str, model_type: str = "vit_t", predictor: Any | None = None) -> None:
@@ -40,7 +40,7 @@ class SamSegmenter(KeepsOut):
         self._image_key: str | None = None
         self._lock = threading.Lock()  # the predictor holds one image's embedding: one click at a time
 
-    def fork(self) -> SamSegmenter:
+    def fork(self) -> SamClickSegmenter:
         """Itself: the predictor is too large to copy, so sessions take turns on it (see `segment`)."""
         return self
 

@@ -67,7 +67,7 @@ class Project:
         self.lock = threading.RLock()
         self.stop = threading.Event()
         self.job: str | None = None  # the load, run or comparison going now (one at a time)
-        self.segmenter: ClickSegmenter | None = None  # this session's fork of the shared click segmenter
+        self.click_segmenter: ClickSegmenter | None = None  # this session's fork of the shared click segmenter
         self.outputs: dict[str, list[Path]] = {}  # files the page shows, by what made them ("run", "compare-llb")
         self.clip: Clip | None = None
         self.reference = 0
@@ -187,7 +187,7 @@ class Project:
             self.edits[key] = ObjectEdit(base=base)
         return self.current, self.edits[key]
 
-    def click(self, frame: int, x: int, y: int, positive: bool, segmenter: ClickSegmenter) -> None:
+    def click(self, frame: int, x: int, y: int, positive: bool, click_segmenter: ClickSegmenter) -> None:
         clip = self.require_clip()
         if not (0 <= x < clip.width and 0 <= y < clip.height):
             raise ValueError(f"the click ({x}, {y}) is outside the {clip.width}x{clip.height} frame")
@@ -198,7 +198,7 @@ class Project:
             )
         _, edit = self._edit(frame)
         edit.clicks.append(Click(int(x), int(y), bool(positive)))
-        self._recompute(frame, edit, segmenter)
+        self._recompute(frame, edit, click_segmenter)
 
     def _has_object(self, frame: int) -> bool:
         """Whether the current object has pixels or a positive click on `frame` (what a background click edits)."""
@@ -208,11 +208,11 @@ class Project:
             return True
         return bool((self.labels(frame) == self.current).any())
 
-    def undo_click(self, frame: int, segmenter: ClickSegmenter) -> None:
+    def undo_click(self, frame: int, click_segmenter: ClickSegmenter) -> None:
         _, edit = self._edit(frame)
         if edit.clicks:
             edit.clicks.pop()
-        self._recompute(frame, edit, segmenter)
+        self._recompute(frame, edit, click_segmenter)
 
     def paint(self, frame: int, add: np.ndarray, remove: np.ndarray) -> None:
         """Brush strokes: `add` pixels join the current object, `remove` pixels leave it."""
@@ -253,13 +253,13 @@ class Project:
             mask = mask & ~edit.remove
         return mask
 
-    def _recompute(self, frame: int, edit: ObjectEdit, segmenter: ClickSegmenter) -> None:
+    def _recompute(self, frame: int, edit: ObjectEdit, click_segmenter: ClickSegmenter) -> None:
         """The current object's mask from its clicks: the prior is its mask there (the result being corrected),
         and the other objects' pixels are kept out (they are not handed over unless clicked)."""
         image = self.require_clip().frame(frame)
         if edit.clicks:
             others = self.labels(frame, skip=self.current) > 0
-            mask = segmenter.segment(image, edit.clicks, edit.base, others)
+            mask = click_segmenter.segment(image, edit.clicks, edit.base, others)
         else:
             mask = self._base(frame, edit)
         edit.mask = self._combine(edit, mask)

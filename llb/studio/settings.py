@@ -9,8 +9,9 @@ from pathlib import Path
 import torch
 
 from .. import settings as env_settings
+from ..checkpoint import UNTRAINED
 
-UNTRAINED = "UNTRAINED NETWORK - NOT A RESULT"
+__all__ = ["UNTRAINED", "Settings"]  # UNTRAINED: the app and its results stamp with it
 
 
 @dataclass(frozen=True)

@@ -41,9 +41,8 @@ from llb.data import (
     VideoClips,
     check_training_root,
 )
-from llb.inference.session import native_bf16
+from llb.inference.session import native_bf16, resolve_device
 from llb.network import LLBNet
-from llb.options import parse_device
 
 from .config import MIB, STAGES, TrainConfig, shared_data_dir
 from .distributed import SINGLE_PROCESS, Distributed
@@ -216,7 +215,7 @@ class Trainer:
     ) -> None:
         self.cfg = cfg
         self.place = place
-        self.device = place.device_for(parse_device(cfg.device))
+        self.device = place.device_for(resolve_device(cfg.device))
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.out = Path(cfg.out)

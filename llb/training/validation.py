@@ -27,10 +27,9 @@ from torch import Tensor, nn
 from llb.data.layout import DavisSequence
 from llb.evaluation.davis import davis_sequences, evaluate_davis
 from llb.fusion import AdaptiveFusion
-from llb.inference.crop import CropConfig
+from llb.inference.crop import CropConfig, engine_crop_size
 from llb.inference.session import InferenceConfig, Segmenter
 from llb.network import LLBNet
-from llb.options import engine_crop_size
 
 Validator = Callable[[LLBNet, int], dict[str, float]]
 HOLDOUT_SET = "holdout"

@@ -5,14 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-import torch
-
-from .config import CONFIGS, VARIANTS
-from .inference.crop import CropConfig
-from .inference.session import InferenceConfig, Segmenter
-
-UNTRAINED = "UNTRAINED NETWORK - NOT A RESULT"
-CPU_SIZE = (240, 432)  # half the paper's 480x832 keeps the CPU path interactive
+from llb.checkpoint import UNTRAINED
+from llb.config import CONFIGS, VARIANTS
+from llb.inference.crop import CropConfig, engine_crop_size
+from llb.inference.session import InferenceConfig, Segmenter, resolve_device
 
 
 def parse_size(text: str) -> tuple[int, int] | None:
@@ -34,14 +30,6 @@ def training_size(text: str) -> tuple[int, int]:
     if size is None:
         raise argparse.ArgumentTypeError("the training size must be given as WIDTHxHEIGHT, e.g. 432x240")
     return size
-
-
-def parse_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
-    return torch.device(name)
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -74,13 +62,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def engine_crop_size(device: torch.device) -> tuple[int, int]:
-    """The processing size (H, W) the engine uses by default on `device`: the paper's on CUDA, half on the CPU."""
-    return CropConfig().size if device.type == "cuda" else CPU_SIZE
-
-
 def build_segmenter(args: argparse.Namespace) -> Segmenter:
-    device = parse_device(args.device)
+    """The network the model options name, placed and configured; warns on stderr when it is untrained."""
+    device = resolve_device(args.device)
     size = args.crop_size or engine_crop_size(device)
     seg = Segmenter.from_pretrained(
         args.checkpoint,
