@@ -128,7 +128,15 @@ class OverlayVideo:
         self.video.write(shown(frame.rgb, frame.labels, self.warning))
 
     def close(self, ok: bool) -> None:
-        self.video.close() if ok else self.video.abort()
+        _finish(self.video, ok)
+
+
+def _finish(video: VideoWriter, ok: bool) -> None:
+    """Finish a video, or drop its partial file."""
+    if ok:
+        video.close()
+    else:
+        video.abort()
 
 
 class Archive:
@@ -197,7 +205,7 @@ class CutoutVideo:
     def close(self, ok: bool) -> None:
         if self.rgba is not None:
             self.rgba.close(ok)
-        self.video.close() if ok else self.video.abort()
+        _finish(self.video, ok)
 
 
 class Exporter:
