@@ -93,12 +93,6 @@ class Progress:
     result: RunResult | None = None  # set on the last step
 
 
-def _new_result(project: Project, variant: str, trained: bool) -> RunResult:
-    folder = project.workdir / f"run-{variant}-{time.time_ns()}"
-    folder.mkdir(parents=True)
-    return RunResult(variant, folder, trained, device=device_name())
-
-
 def _session(project: Project, variant: str, previous: RunResult | None) -> Session | None:
     """The session that made `previous`, holding the memory at every frame it passed; None when this process
     has none (on ZeroGPU each run may be another worker)."""
@@ -126,7 +120,7 @@ def propagate(project: Project, models: Models, variant: str = "llb", start: int
     kept = _session(project, variant, previous) if write_from != ref else None
     session = kept or segmenter.start(clip.folder, history=True)
     session.set_prompts(prompts)
-    result = _new_result(project, variant, segmenter.trained)
+    result = RunResult.create(project.workdir, variant, segmenter.trained, device_name())
     if write_from != ref:
         result.copy_before(previous, write_from)
     # forwards (from the reference where a new session must replay up to `write_from`), then backwards

@@ -6,6 +6,7 @@ the overlay video and the cut-out video (with the source's sound), the zip of ma
 from __future__ import annotations
 
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -36,6 +37,13 @@ class RunResult:
     fps: float = 0.0
     stopped: bool = False
     gates: dict[int, dict[int, np.ndarray]] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, root: Path, variant: str, trained: bool, device: str) -> RunResult:
+        """A new run, empty, in a fresh folder under `root`."""
+        folder = root / f"run-{variant}-{time.time_ns()}"
+        folder.mkdir(parents=True)
+        return cls(variant, folder, trained, device=device)
 
     def path(self, frame: int) -> Path:
         return self.folder / f"{frame:05d}.npz"
