@@ -31,7 +31,7 @@ from llb.studio.clip import UPLOAD_FORMATS, UPLOAD_TYPES, prepare_clip
 from llb.studio.engine import NAMES, Models, device_name, propagate
 from llb.studio.examples import example_path, load_examples
 from llb.studio.project import Project, Sessions
-from llb.studio.results import CUTOUTS, RunResult, gate_heatmaps, render
+from llb.studio.results import RunResult, gate_heatmaps, render
 from llb.studio.settings import UNTRAINED, Settings
 from llb.studio.views import (
     ADD_COLOUR,
@@ -44,6 +44,7 @@ from llb.studio.views import (
     working_view,
 )
 from llb.studio.views import strokes as editor_strokes
+from llb.video.export import CUTOUTS
 from llb.video.io import VideoError
 from llb.video.masks import load_mask
 

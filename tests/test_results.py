@@ -192,7 +192,7 @@ def test_the_app_hands_back_full_resolution_files_with_sound(tmp_path: Path) -> 
         _, status, overlay, cut, masks, alpha, *_ = last
         assert status.startswith("done")
         run = app.project_of(req).result
-        assert all(run.scores_path(i).is_file() for i in run.frames())  # the engine kept the probabilities
+        assert all("probs" in np.load(run.path(i)) for i in run.frames())  # the engine kept the probabilities
         for video in (overlay, cut):
             info = probe(video)
             assert (info.width, info.height) == (2 * W, 2 * H) and has_audio(video)

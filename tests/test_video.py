@@ -383,3 +383,46 @@ def test_untrained_stamp_fits_narrow_frames(width):
     text = (out[..., 0] > 200) & (out[..., 1] < 120)  # the banner's red letters
     cols = np.flatnonzero(text.any(axis=0))
     assert cols.size and cols.min() > 0 and cols.max() < width - 1  # not cut at either edge
+
+
+def test_one_exporter_fans_frames_out_and_drops_partial_files_on_error(tmp_path):
+    """The same frames reach every sink (the zips hold the folder's PNG bytes; parts of one zip share it); a
+    failing sink's error reaches the caller and no partial video or zip is left."""
+    import io
+    import zipfile
+
+    from llb.video.export import TRANSPARENT, Archive, CutoutVideo, Exporter, Frame, OverlayVideo, PaletteFolder
+
+    labels = np.zeros((H, W), np.uint8)
+    labels[40:120, 60:200] = 2
+    shared = Archive(tmp_path / "shared.zip", deflate=True)
+    sinks = [PaletteFolder(tmp_path / "masks"), Archive(tmp_path / "masks.zip", readme="hi\n"), shared.part("a/v")]
+    sinks.append(CutoutVideo(tmp_path / "cut.webm", TRANSPARENT, rgba=tmp_path / "rgba.zip"))
+    with Exporter(sinks) as exporter:
+        for t in range(3):
+            exporter.write(smooth_frame(t), labels, f"{t:05d}")
+    shared.part("b/w").write(Frame("x", smooth_frame(0), labels))  # a second stream into the same zip
+    shared.close(ok=True)
+    with zipfile.ZipFile(tmp_path / "masks.zip") as zf:
+        assert zf.read("README.txt") == b"hi\n"
+        assert all(
+            zf.read(f"masks/{t:05d}.png") == (tmp_path / "masks" / f"{t:05d}.png").read_bytes() for t in range(3)
+        )
+    with zipfile.ZipFile(tmp_path / "shared.zip") as zf:
+        assert sorted(zf.namelist()) == ["a/v/00000.png", "a/v/00001.png", "a/v/00002.png", "b/w/x.png"]
+    with zipfile.ZipFile(tmp_path / "rgba.zip") as zf:
+        rgba = np.array(Image.open(io.BytesIO(zf.read("cutout/00001.png"))))
+    assert np.array_equal(rgba[..., 3] == 255, labels == 2) and probe(tmp_path / "cut.webm").num_frames == 3
+
+    class Full(PaletteFolder):
+        def write(self, frame):
+            if frame.name == "00001":
+                raise OSError("disk full")
+            super().write(frame)
+
+    out = tmp_path / "failed"
+    sinks = [Full(out / "masks"), OverlayVideo(out / "overlay.mp4"), Archive(out / "masks.zip")]
+    with pytest.raises(OSError, match="disk full"), Exporter(sinks) as exporter:
+        for t in range(4):
+            exporter.write(smooth_frame(t), labels, f"{t:05d}")
+    assert sorted(p.name for p in out.iterdir()) == ["masks"]  # no video, no zip, no partial file

@@ -30,9 +30,9 @@ from tqdm import tqdm
 from llb.data.layout import DavisSequence, Layout, label_files, read_labels, read_names
 from llb.evaluation.metrics import Statistics, frame_scores, statistics
 from llb.inference.session import Segmenter
-from llb.video.export import stamp
-from llb.video.io import VideoWriter, iter_frames, probe
-from llb.video.masks import VOID, davis_palette, load_mask, overlay, save_palette_png
+from llb.video.export import Exporter, OverlayVideo, PaletteFolder, Sink
+from llb.video.io import iter_frames, probe
+from llb.video.masks import VOID, davis_palette, load_mask
 
 MEASURES = ("J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay")
 
@@ -224,9 +224,16 @@ def save_cache(path: Path, key: str, data: dict[str, Any]) -> None:
 
 
 def segment_sequence(
-    seg: Segmenter, seq: DavisSequence, out: Path, max_frames: int | None = None, quiet: bool = False
+    seg: Segmenter,
+    seq: DavisSequence,
+    out: Path,
+    max_frames: int | None = None,
+    quiet: bool = False,
+    overlay: Path | None = None,
+    warning: str | None = None,
 ) -> int:
-    """Track the objects of the first annotation through the sequence; palette PNGs to `out/<frame>.png`.
+    """Track the objects of the first annotation through the sequence; palette PNGs to `out/<frame>.png` and,
+    with `overlay`, an H.264 overlay there (stamped with `warning`), written as the frames stream.
 
     Returns the number of masks written. `out` is emptied first so that no mask of an earlier run stays.
     """
@@ -235,32 +242,26 @@ def segment_sequence(
     if first.stem not in names:
         raise FileNotFoundError(f"{seq.name}: the first annotation {first.name} has no frame in {seq.frames}")
     shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
     session = seg.start(seq.frames)
     session.add_mask(names.index(first.stem), load_mask(first))
     stop = len(names) if max_frames is None else min(max_frames, len(names))
-    written = 0
+    sinks: list[Sink] = [PaletteFolder(out)] + ([OverlayVideo(overlay, warning=warning)] if overlay else [])
     results = tqdm(session.propagate(stop=stop), total=stop, desc=seq.name, unit="frame", leave=False, disable=quiet)
-    for result in results:
-        save_palette_png(out / f"{result.name}.png", result.labels)
-        written += 1
-    return written
+    with Exporter(sinks) as exporter:
+        for result in results:
+            exporter.write(result.frame, result.labels, result.name)
+    return exporter.frames
 
 
 def write_overlay(frames: Path, masks: Path, path: Path, warning: str | None = None) -> int:
-    """An H.264 overlay of the masks on their frames (frames without a mask are left out); frames written."""
+    """An H.264 overlay of saved masks (predictions, or a cached run) on their frames, through the exporter;
+    frames without a mask are left out. Returns the frames written."""
     names = probe(frames).frame_names
-    written = 0
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with VideoWriter(path) as writer:
+    with Exporter([OverlayVideo(path, warning=warning)]) as exporter:
         for name, frame in zip(names, iter_frames(frames)):
-            mask_path = masks / f"{name}.png"
-            if not mask_path.exists():
-                continue
-            shown = overlay(frame, read_indexed(mask_path))
-            writer.write(stamp(shown, warning) if warning else shown)
-            written += 1
-    return written
+            if (masks / f"{name}.png").exists():
+                exporter.write(frame, read_indexed(masks / f"{name}.png"), name)
+    return exporter.frames
 
 
 def _tick_step(span: int, most: int = 12) -> int:
@@ -353,6 +354,7 @@ def evaluate_davis(
     scores, cached = [], 0
     for seq in tqdm(sequences, desc="DAVIS", unit="seq", disable=quiet):
         entry: dict[str, Any] | None = None
+        video = out / "overlays" / f"{seq.name}.mp4"
         if segmenter is None:
             mask_dir = Path(predictions) / seq.name
             if not mask_dir.is_dir():
@@ -364,7 +366,7 @@ def evaluate_davis(
             if cache_key is not None and mask_dir.is_dir():
                 entry = load_cache(cache_path, cache_key)
             if entry is None:
-                segment_sequence(segmenter, seq, mask_dir, max_frames, quiet)
+                segment_sequence(segmenter, seq, mask_dir, max_frames, quiet, video if overlays else None, warning)
                 result = score_sequence(seq, mask_dir, max_frames)
                 if cache_key is not None:
                     save_cache(cache_path, cache_key, result.to_json())
@@ -372,9 +374,8 @@ def evaluate_davis(
                 result = SequenceScores.from_json(seq.name, entry)
                 cached += 1
         scores.append(result)
-        video = out / "overlays" / f"{seq.name}.mp4"
-        if overlays and not (entry is not None and video.exists()):
-            write_overlay(seq.frames, mask_dir, video, warning)
+        if overlays and (segmenter is None or (entry is not None and not video.exists())):
+            write_overlay(seq.frames, mask_dir, video, warning)  # saved masks: predictions or the cache
         if plots:
             plot_iou(result, out / "plots" / f"{seq.name}.png")
     summary = summarize(scores)

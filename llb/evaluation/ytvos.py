@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +19,11 @@ import numpy as np
 from tqdm import tqdm
 
 from llb.data.layout import DavisSequence, Layout, label_files, read_labels
-from llb.evaluation.davis import load_cache, save_cache, write_overlay
+from llb.evaluation.davis import load_cache, save_cache
 from llb.inference.session import Segmenter
-from llb.video.io import probe
-from llb.video.masks import VOID, object_ids, save_palette_png
+from llb.video.export import Archive, Exporter, OverlayVideo, PaletteFolder, Sink
+from llb.video.io import iter_frames, probe
+from llb.video.masks import VOID, object_ids
 
 
 def video_folders(root: str | os.PathLike[str]) -> list[DavisSequence]:
@@ -58,9 +58,15 @@ def first_masks(annotations: Path, frame_names: tuple[str, ...]) -> dict[int, np
 
 
 def segment_video(
-    seg: Segmenter, frames: Path, annotations: Path, out: Path, max_frames: int | None = None, quiet: bool = False
+    seg: Segmenter,
+    frames: Path,
+    annotations: Path,
+    sinks: Sequence[Sink],
+    max_frames: int | None = None,
+    quiet: bool = False,
 ) -> int:
-    """Track every object from its first mask; a palette PNG per frame in `out` (emptied first). Returns the count.
+    """Track every object from its first mask; every frame's mask goes to the exporter's `sinks` as it comes
+    (frames before the first mask are empty). Returns the count.
 
     On a frame that introduces objects their given masks are written as they are (over the tracked objects),
     as the benchmark's first-appearance frames carry the ground truth.
@@ -68,40 +74,22 @@ def segment_video(
     info = probe(frames)
     stop = info.num_frames if max_frames is None else min(max_frames, info.num_frames)
     prompts = first_masks(annotations, info.frame_names)
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
     start = min(prompts)
-    empty = np.zeros((info.height, info.width), dtype=np.uint8)
-    for name in info.frame_names[: min(start, stop)]:
-        save_palette_png(out / f"{name}.png", empty)
     session = seg.start(frames)
     for index, labels in prompts.items():
         if index < stop:
             session.add_mask(index, labels)
-    written = min(start, stop)
-    if start < stop:
-        total = stop - start
-        bar = tqdm(
-            session.propagate(stop=stop), total=total, desc=frames.name, unit="frame", leave=False, disable=quiet
-        )
+    with Exporter(sinks) as exporter:
+        empty = np.zeros((info.height, info.width), dtype=np.uint8)
+        for name, rgb in zip(info.frame_names, iter_frames(frames, stop=min(start, stop))):
+            exporter.write(rgb, empty, name)
+        stream = session.propagate(stop=stop) if start < stop else ()
+        bar = tqdm(stream, total=max(stop - start, 0), desc=frames.name, unit="frame", leave=False, disable=quiet)
         for result in bar:
             given = prompts.get(result.index)
             labels = result.labels if given is None else np.where(given > 0, given, result.labels).astype(np.uint8)
-            save_palette_png(out / f"{result.name}.png", labels)
-            written += 1
-    return written
-
-
-def write_zip(annotations: Path, videos: list[str], path: Path) -> int:
-    """Zip `annotations/<video>/<frame>.png` of `videos` as `Annotations/<video>/<frame>.png`; returns the count."""
-    files = [file for video in videos for file in sorted((annotations / video).glob("*.png"))]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
-        for file in files:
-            archive.write(file, f"Annotations/{file.parent.name}/{file.name}")
-    os.replace(tmp, path)
-    return len(files)
+            exporter.write(result.frame, labels, result.name)
+    return exporter.frames
 
 
 @dataclass
@@ -125,7 +113,7 @@ def submit_ytvos(
     warning: str | None = None,
     quiet: bool = True,
 ) -> Submission:
-    """Segment every video (masks to `out/Annotations/<video>/`) and zip them as the submission file.
+    """Segment every video (masks to `out/Annotations/<video>/`), zipped into the submission file as they stream.
 
     With a `cache_key` (`fingerprint` of the run's settings) finished videos are cached in `out/cache/` and
     not tracked again; with `overlays` an H.264 overlay per video goes to `out/overlays/` (stamped with
@@ -133,16 +121,25 @@ def submit_ytvos(
     """
     out = Path(out)
     cached = 0
-    for video in tqdm(videos, desc="YouTube-VOS", unit="video", disable=quiet):
-        masks = out / "Annotations" / video.name
-        cache_path = out / "cache" / f"{video.name}.json"
-        if cache_key is not None and masks.is_dir() and load_cache(cache_path, cache_key) is not None:
-            cached += 1
-            continue
-        count = segment_video(segmenter, video.frames, video.annotations, masks, max_frames, quiet)
-        if overlays:
-            write_overlay(video.frames, masks, out / "overlays" / f"{video.name}.mp4", warning)
-        if cache_key is not None:
-            save_cache(cache_path, cache_key, {"masks": count})
-    count = write_zip(out / "Annotations", [video.name for video in videos], Path(submission))
-    return Submission(count, len(videos), cached)
+    archive = Archive(Path(submission), deflate=True)
+    try:
+        for video in tqdm(videos, desc="YouTube-VOS", unit="video", disable=quiet):
+            masks, folder = out / "Annotations" / video.name, f"Annotations/{video.name}"
+            cache_path = out / "cache" / f"{video.name}.json"
+            if cache_key is not None and masks.is_dir() and load_cache(cache_path, cache_key) is not None:
+                cached += 1
+                for file in sorted(masks.glob("*.png")):  # the cached masks, as they were written
+                    archive.put(f"{folder}/{file.name}", file.read_bytes())
+                continue
+            shutil.rmtree(masks, ignore_errors=True)
+            sinks: list[Sink] = [PaletteFolder(masks), archive.part(folder)]
+            if overlays:
+                sinks.append(OverlayVideo(out / "overlays" / f"{video.name}.mp4", warning=warning))
+            count = segment_video(segmenter, video.frames, video.annotations, sinks, max_frames, quiet)
+            if cache_key is not None:
+                save_cache(cache_path, cache_key, {"masks": count})
+    except BaseException:
+        archive.close(ok=False)
+        raise
+    archive.close(ok=True)
+    return Submission(archive.count, len(videos), cached)

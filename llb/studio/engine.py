@@ -1,5 +1,5 @@
 """Running LLB (or the JOINT-style baseline) on a project through a `Session`: streamed progress, stop on
-request, results on disk; a correction resumes the session of the run it corrects.
+request, results saved as they stream; a correction resumes the session of the run it corrects.
 
 On a ZeroGPU Space the propagation runs inside `spaces.GPU`; elsewhere on CUDA when there is one, else CPU.
 """
@@ -18,10 +18,11 @@ from functools import partial
 import numpy as np
 
 from llb.inference.session import FrameResult, Session
+from llb.video.export import Exporter, shown
 
 from .models import NAMES, Models, device_name
 from .project import Project
-from .results import RunResult, shown
+from .results import RunResult
 
 try:
     import spaces
@@ -92,12 +93,6 @@ class Progress:
     result: RunResult | None = None  # set on the last step
 
 
-def _new_result(project: Project, variant: str, trained: bool) -> RunResult:
-    folder = project.workdir / f"run-{variant}-{time.time_ns()}"
-    folder.mkdir(parents=True)
-    return RunResult(variant, folder, trained, device=device_name())
-
-
 def _session(project: Project, variant: str, previous: RunResult | None) -> Session | None:
     """The session that made `previous`, holding the memory at every frame it passed; None when this process
     has none (on ZeroGPU each run may be another worker)."""
@@ -125,7 +120,7 @@ def propagate(project: Project, models: Models, variant: str = "llb", start: int
     kept = _session(project, variant, previous) if write_from != ref else None
     session = kept or segmenter.start(clip.folder, history=True)
     session.set_prompts(prompts)
-    result = _new_result(project, variant, segmenter.trained)
+    result = RunResult.create(project.workdir, variant, segmenter.trained, device_name())
     if write_from != ref:
         result.copy_before(previous, write_from)
     # forwards (from the reference where a new session must replay up to `write_from`), then backwards
@@ -133,16 +128,19 @@ def propagate(project: Project, models: Models, variant: str = "llb", start: int
     total = clip.num_frames - write_from + (ref if write_from == ref else 0)
     done, busy = 0, 0.0
     project.stop.clear()
-    for begin, reverse in passes:
-        for res, seconds in _on_one_thread(partial(session.propagate, start=begin, reverse=reverse), project.stop):
-            if (res.index == ref) if reverse else (res.index < write_from):
-                continue  # the reference (written forwards), or a frame replayed to rebuild the memory
-            busy, done = busy + seconds, done + 1
-            result.save(res.index, res.labels, res.probs, res.object_ids)
-            if res.gates:
-                result.gates[res.index] = res.gates
-            message = f"frame {res.index} ({done}/{total}) · {done / max(busy, 1e-6):.1f} frames/s on {result.device}"
-            yield Progress(done, total, res.index, shown(res.frame, res.labels, result.warning), message)
+    with Exporter([result]) as store:  # the frames are saved on the exporter's thread
+        for begin, reverse in passes:
+            stream = partial(session.propagate, start=begin, reverse=reverse)
+            for res, seconds in _on_one_thread(stream, project.stop):
+                if (res.index == ref) if reverse else (res.index < write_from):
+                    continue  # the reference (written forwards), or a frame replayed to rebuild the memory
+                busy, done = busy + seconds, done + 1
+                store.write(res.frame, res.labels, f"{res.index:05d}", res.probs, res.object_ids)
+                if res.gates:
+                    result.gates[res.index] = res.gates
+                speed = f"{done / max(busy, 1e-6):.1f} frames/s on {result.device}"
+                preview = shown(res.frame, res.labels, result.warning)
+                yield Progress(done, total, res.index, preview, f"frame {res.index} ({done}/{total}) · {speed}")
     _SESSIONS.setdefault(project, {})[variant] = (result, session)
     result.stopped, result.fps = project.stop.is_set(), done / max(busy, 1e-6)
     state = "stopped" if result.stopped else "done"

@@ -1,38 +1,34 @@
-"""A propagation's results on disk (one palette PNG and the merged probabilities per frame, at the processed
-size) and what is made from them at the source video's resolution: the overlay video and the cut-out video (with
-the source's sound), the zip of masks, the transparent cut-out (WebM and RGBA PNGs), the gate maps and the
-comparison of two runs."""
+"""A propagation's results: one file per frame (the label map and the merged probabilities, at the processed
+size), written as the frames stream, and what the exporter makes from them at the source video's resolution:
+the overlay video and the cut-out video (with the source's sound), the zip of masks, the transparent cut-out
+(WebM and RGBA PNGs); the gate maps and the comparison of two runs."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import shutil
+import time
 import uuid
-import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
 
-from llb.video.export import stamp
-from llb.video.io import VideoWriter, add_audio, iter_frames
-from llb.video.masks import overlay, save_palette_png
+from llb.video.export import TRANSPARENT, Archive, CutoutVideo, Exporter, Frame, OverlayVideo, Sink, stamp
+from llb.video.io import add_audio, iter_frames
 
 from .clip import Clip
 from .settings import UNTRAINED
 
-TRANSPARENT = "transparent background"
-CUTOUTS = ("none", "remove background", "blur background", TRANSPARENT)
-
 
 @dataclass
 class RunResult:
-    """Masks of one run of one network (`variant`) in `folder`; `gates[frame][id]` holds the AFM's mean
-    transduction and induction gate maps (2, h, w) when the network has an AFM."""
+    """The frames of one run of one network (`variant`), kept in `folder` as `<frame>.npz`: the label map
+    (h, w) uint8 and, when given, the merged probabilities (K, h, w) quantised to uint8 with their object ids,
+    so that an export at another size takes the argmax of upsampled probabilities instead of stretched labels.
+    A sink of the exporter; `gates[frame][id]` holds the AFM's mean transduction and induction gate maps
+    (2, h, w) when the network has an AFM."""
 
     variant: str
     folder: Path
@@ -42,45 +38,55 @@ class RunResult:
     stopped: bool = False
     gates: dict[int, dict[int, np.ndarray]] = field(default_factory=dict)
 
+    @classmethod
+    def create(cls, root: Path, variant: str, trained: bool, device: str) -> RunResult:
+        """A new run, empty, in a fresh folder under `root`."""
+        folder = root / f"run-{variant}-{time.time_ns()}"
+        folder.mkdir(parents=True)
+        return cls(variant, folder, trained, device=device)
+
     def path(self, frame: int) -> Path:
-        return self.folder / f"{frame:05d}.png"
-
-    def scores_path(self, frame: int) -> Path:
-        return self.folder / "probs" / f"{frame:05d}.npz"
-
-    def labels(self, frame: int) -> np.ndarray | None:
-        path = self.path(frame)
-        return np.array(Image.open(path)) if path.is_file() else None
+        return self.folder / f"{frame:05d}.npz"
 
     def save(
         self, frame: int, labels: np.ndarray, probs: np.ndarray | None = None, ids: list[int] | None = None
     ) -> None:
-        """labels (h, w) uint8; probs: the merged probabilities (K, h, w) of objects `ids`, kept (as uint8) so
-        that an export at another size can take the argmax of upsampled probabilities instead of stretched labels."""
-        save_palette_png(self.path(frame), labels)
+        """labels (h, w) uint8; probs: the merged probabilities (K, h, w) of objects `ids`."""
+        arrays = {"labels": np.asarray(labels, np.uint8)}
         if probs is not None and ids is not None:
-            self.scores_path(frame).parent.mkdir(exist_ok=True)
-            quantised = np.clip(np.rint(np.asarray(probs, np.float32) * 255), 0, 255).astype(np.uint8)
-            np.savez_compressed(self.scores_path(frame), probs=quantised, ids=np.asarray(ids, np.uint8))
+            arrays["probs"] = np.clip(np.rint(np.asarray(probs, np.float32) * 255), 0, 255).astype(np.uint8)
+            arrays["ids"] = np.asarray(ids, np.uint8)
+        np.savez_compressed(self.path(frame), **arrays)
+
+    def write(self, frame: Frame) -> None:
+        """The exporter's sink: frames are named by their index."""
+        self.save(int(frame.name), frame.labels, frame.probs, frame.ids)
+
+    def close(self, ok: bool) -> None:
+        """Every frame saved is whole and kept (a stopped run keeps what it did)."""
 
     def copy_before(self, other: RunResult, stop: int) -> None:
         """Take the frames before `stop` from another run: masks, probabilities and gate maps."""
         for frame in (f for f in other.frames() if f < stop):
             shutil.copy(other.path(frame), self.path(frame))
-            if other.scores_path(frame).is_file():
-                self.scores_path(frame).parent.mkdir(exist_ok=True)
-                shutil.copy(other.scores_path(frame), self.scores_path(frame))
         self.gates.update({k: v for k, v in other.gates.items() if k < stop})
+
+    def labels(self, frame: int) -> np.ndarray | None:
+        """Frame `frame`'s label map (h, w) uint8, or None when the run has none there."""
+        if not self.path(frame).is_file():
+            return None
+        with np.load(self.path(frame)) as saved:
+            return saved["labels"]
 
     def labels_at(self, frame: int, size: tuple[int, int]) -> np.ndarray:
         """Frame `frame`'s label map at `size` (width, height): the argmax of the merged probabilities upsampled
         bilinearly (smooth borders, no staircase), or nearest-neighbour labels for a frame saved without them."""
-        labels = self.labels(frame)
-        if labels.shape[::-1] == tuple(size):
-            return labels
-        if not self.scores_path(frame).is_file():
-            return cv2.resize(labels, size, interpolation=cv2.INTER_NEAREST)
-        with np.load(self.scores_path(frame)) as saved:
+        with np.load(self.path(frame)) as saved:
+            labels = saved["labels"]
+            if labels.shape[::-1] == tuple(size):
+                return labels
+            if "probs" not in saved:
+                return cv2.resize(labels, size, interpolation=cv2.INTER_NEAREST)
             probs, ids = saved["probs"], [int(i) for i in saved["ids"]]
         up = [cv2.resize(p, size, interpolation=cv2.INTER_LINEAR).astype(np.int16) for p in probs]
         best = np.maximum(255 - sum(up), 0)  # the background, in 1/255 steps as saved
@@ -91,30 +97,11 @@ class RunResult:
         return labels
 
     def frames(self) -> list[int]:
-        return sorted(int(p.stem) for p in self.folder.glob("*.png"))
+        return sorted(int(p.stem) for p in self.folder.glob("*.npz"))
 
     @property
     def warning(self) -> str | None:
         return None if self.trained else UNTRAINED
-
-
-def shown(frame: np.ndarray, labels: np.ndarray, warning: str | None) -> np.ndarray:
-    """The overlay of one frame as the person sees it (stamped for an untrained network)."""
-    out = overlay(frame, labels)
-    return stamp(out, warning) if warning else out
-
-
-def cutout(frame: np.ndarray, labels: np.ndarray, mode: str) -> np.ndarray:
-    """The objects on a black or blurred background (RGB), or on a transparent one (RGBA)."""
-    keep = (labels > 0)[..., None]
-    if mode == TRANSPARENT:  # transparent pixels are black too, so that PNGs and WebM stay small
-        return np.concatenate([frame * keep, keep.astype(np.uint8) * 255], axis=2)
-    if mode == "blur background":
-        k = max(3, (min(frame.shape[:2]) // 20) | 1)
-        background = cv2.GaussianBlur(frame, (k, k), 0)
-    else:
-        background = np.zeros_like(frame)
-    return np.where(keep, frame, background)
 
 
 def source_frames(clip: Clip, frames: list[int]) -> Iterator[tuple[int, np.ndarray]]:
@@ -132,67 +119,35 @@ def source_frames(clip: Clip, frames: list[int]) -> Iterator[tuple[int, np.ndarr
             yield index, rgb
 
 
-def _stamped(cut: np.ndarray, warning: str | None) -> np.ndarray:
-    """A cut-out (RGB, or RGBA: the banner is made opaque) with the warning banner, if there is a warning."""
-    if not warning:
-        return cut
-    rgb = stamp(cut[..., :3], warning)
-    if cut.shape[2] == 3:
-        return rgb
-    alpha = np.where((rgb != cut[..., :3]).any(axis=2), 255, cut[..., 3]).astype(np.uint8)
-    return np.concatenate([rgb, alpha[..., None]], axis=2)
-
-
-def _png(image: np.ndarray, labels: bool = False) -> bytes:
-    buffer = io.BytesIO()
-    if labels:
-        save_palette_png(buffer, image)
-    else:
-        Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
-
-
 def render(result: RunResult, clip: Clip, out_dir: Path, cutout_mode: str = "none") -> dict[str, Path | None]:
     """Overlay video, optional cut-out video (or transparent WebM and a zip of RGBA PNGs) and the masks zip of the
-    frames that have masks, at the source video's resolution; the videos carry the source's sound when the
-    frames are consecutive.
+    frames that have masks, at the source video's resolution, streamed from the run's frames through the
+    exporter; the videos carry the source's sound when the frames are consecutive.
 
     Names carry a fresh suffix so that a browser never shows a cached older video."""
     frames = result.frames()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if not frames:
+        raise ValueError("no frame was tracked: run again and let it finish a frame before stopping")
     tag = f"{result.variant}-{uuid.uuid4().hex[:8]}"
     suffix = "-UNTRAINED" if result.warning else ""
-    transparent = cutout_mode == TRANSPARENT
+    size = clip.original_size or (clip.width, clip.height)
+    note = f"{UNTRAINED}: these masks come from a network without trained weights.\n" if result.warning else ""
+    readme = (
+        f"{note}DAVIS palette PNGs, one per frame of {clip.source}, at {size[0]}x{size[1]} (processed at "
+        f"{clip.width}x{clip.height}; upsampled from the merged probabilities); 0 is background.\n"
+    )
     paths: dict[str, Path | None] = {"overlay": out_dir / f"overlay-{tag}.mp4", "cutout": None, "alpha": None}
     paths["zip"] = out_dir / f"masks-{tag}{suffix}.zip"
-    writers = [VideoWriter(paths["overlay"], clip.fps)]
+    sinks: list[Sink] = [OverlayVideo(paths["overlay"], clip.fps, result.warning), Archive(paths["zip"], readme=readme)]
     if cutout_mode != "none":
+        transparent = cutout_mode == TRANSPARENT
         paths["cutout"] = out_dir / f"cutout-{tag}.{'webm' if transparent else 'mp4'}"
-        writers.append(VideoWriter(paths["cutout"], clip.fps, alpha=transparent))
-    if transparent:
-        paths["alpha"] = out_dir / f"cutout-{tag}{suffix}-rgba.zip"
-    size = clip.original_size or (clip.width, clip.height)
-    with contextlib.ExitStack() as stack:
-        masks = stack.enter_context(zipfile.ZipFile(paths["zip"], "w", zipfile.ZIP_STORED))
-        rgba = stack.enter_context(zipfile.ZipFile(paths["alpha"], "w", zipfile.ZIP_STORED)) if transparent else None
+        paths["alpha"] = out_dir / f"cutout-{tag}{suffix}-rgba.zip" if transparent else None
+        sinks.append(CutoutVideo(paths["cutout"], cutout_mode, clip.fps, result.warning, paths["alpha"]))
+    with Exporter(sinks) as exporter:
         for index, rgb in source_frames(clip, frames):
-            labels = result.labels_at(index, size)
-            masks.writestr(f"masks/{index:05d}.png", _png(labels, labels=True))
-            writers[0].write(shown(rgb, labels, result.warning))
-            if len(writers) > 1:
-                cut = _stamped(cutout(rgb, labels, cutout_mode), result.warning)
-                writers[1].write(cut)
-                if rgba is not None:
-                    rgba.writestr(f"cutout/{index:05d}.png", _png(cut))
-        note = f"{UNTRAINED}: these masks come from a network without trained weights.\n" if result.warning else ""
-        masks.writestr(
-            "README.txt",
-            f"{note}DAVIS palette PNGs, one per frame of {clip.source}, at {size[0]}x{size[1]} (processed at "
-            f"{clip.width}x{clip.height}; upsampled from the merged probabilities); 0 is background.\n",
-        )
-    for writer in writers:
-        writer.close()
-    if clip.original is not None and frames and frames == list(range(frames[0], frames[-1] + 1)):
+            exporter.write(rgb, result.labels_at(index, size), f"{index:05d}")
+    if clip.original is not None and frames == list(range(frames[0], frames[-1] + 1)):
         for path in (paths["overlay"], paths["cutout"]):
             if path is not None:
                 add_audio(path, clip.original, frames[0] / clip.fps, len(frames) / clip.fps)
