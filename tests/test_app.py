@@ -303,7 +303,9 @@ def test_working_frame_events_show_progress_on_the_status_line(app):
 def test_gate_maps_have_a_colour_scale(app, tmp_path):
     result = RunResult("llb", tmp_path, trained=True)
     ramp = np.linspace(0, 1, 20, dtype=np.float32)
-    result.gates = {3: {1: np.stack([np.tile(ramp, (12, 1)), np.zeros((12, 20), np.float32)])}}
+    gates = np.full((2, 4, 12, 20), 0.5, np.float16)
+    gates[0, 2], gates[1] = np.tile(ramp, (12, 1)), 0  # transduction: channel 2 varies; induction shut
+    result.gates = {3: {1: gates}}
     heat = app.heatmaps(result, 3, {1: "dog"})
     bar = heat[-34:]
     assert heat.shape[1] == 2 * 320 + 6 and heat.shape[0] == 192 + 34
