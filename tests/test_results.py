@@ -288,5 +288,8 @@ def test_gate_heatmaps_show_the_channel_that_varies_most_or_the_mean_or_one_chan
     assert np.abs(left - _viridis(0.5 - 0.5 / 8)).max() <= 3 and np.abs(right - _viridis(0.5 + 0.5 / 8)).max() <= 3
     left, right = sides("channel 2")
     assert np.abs(left - _viridis(0.5)).max() <= 3 and np.abs(right - _viridis(0.5)).max() <= 3
+    long = {1: "a name far too long for one tile " * 9}  # cut short to fit its tile
+    assert gate_heatmaps(result, 0, long, width=160).shape == gate_heatmaps(result, 0, {}, width=160).shape
+    assert gate_channels(result, long).shape == gate_channels(result, {}).shape
     with pytest.raises(ValueError, match=r"channel 0\.\.7"):
         gate_heatmaps(result, 0, {}, "channel 8")

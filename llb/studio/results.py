@@ -249,6 +249,14 @@ def _shown_channel(gate: np.ndarray, shown: str) -> tuple[np.ndarray, str]:
     return gate[channel], f"channel {channel}"
 
 
+def _fit(name: str, rest: str, width: int, scale: float = 0.45) -> str:
+    """`name + rest`, the name cut short (ending in "..") where the text would be wider than `width` pixels."""
+    cut = len(name)
+    while cut > 1 and cv2.getTextSize(name[:cut] + rest, _FONT, scale, 1)[0][0] > width:
+        cut -= 1
+    return name + rest if cut == len(name) else name[: max(1, cut - 2)] + ".." + rest
+
+
 def _label(image: np.ndarray, text: str, org: tuple[int, int], scale: float = 0.45) -> None:
     """White text with a black outline, readable on any colour of the scale (and on white)."""
     cv2.putText(image, text, org, _FONT, scale, (0, 0, 0), 3, cv2.LINE_AA)
@@ -282,7 +290,7 @@ def gate_heatmaps(
         for branch, gate in zip(GATE_BRANCHES, gates, strict=True):
             picked, what = _shown_channel(gate, shown)
             tile = cv2.resize(_viridis(picked), size, interpolation=cv2.INTER_NEAREST)
-            _label(tile, f"{names.get(object_id, object_id)}: {branch} gate", (6, 18))
+            _label(tile, _fit(str(names.get(object_id, object_id)), f": {branch} gate", width - 12), (6, 18))
             _label(tile, f"{what}: {picked.min():.2f}-{picked.max():.2f}", (6, 38))
             tiles.append(tile)
         rows.append(np.hstack([tiles[0], np.full((size[1], 6, 3), 255, np.uint8), tiles[1]]))
@@ -315,7 +323,7 @@ def gate_channels(result: RunResult, names: dict[int, str], width: int = 320, ro
             panel = np.full((top + grid[1] + bottom, width, 3), 255, np.uint8)
             panel[top : top + grid[1], left : left + grid[0]] = cv2.resize(cells, grid, interpolation=cv2.INTER_NEAREST)
             _axis_labels(panel, (left, top), grid, channels, (first, last))
-            title = f"{names.get(object_id, object_id)}: {branch} gate per channel (rows)"
+            title = _fit(str(names.get(object_id, object_id)), f": {branch} gate", width - 8)
             cv2.putText(panel, title, (4, 17), _FONT, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
             panels.append(panel)
         blocks.append(np.hstack([panels[0], np.full((panels[0].shape[0], 6, 3), 255, np.uint8), panels[1]]))
