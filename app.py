@@ -611,23 +611,22 @@ def build() -> gr.Blocks:
                 gates = gr.LinePlot(
                     x="frame", y="gate", color="branch", y_lim=[0, 1], label="AFM gates per frame (mean over objects)"
                 )
-                gate_time = gr.Image(
-                    label="AFM gate channels over time per object: each row a channel, each column a frame, its mean "
-                    "gate over the search region (grey: no gates, e.g. the reference frame)",
-                    interactive=False,
-                    elem_id="gate-channels",
+                gr.Markdown(  # the images go without a label: Gradio draws it over their titles
+                    "**AFM gate channels over time**, per object, transduction left and induction right: a row per "
+                    "channel, a column per frame, each cell the channel's mean gate over the search region (grey: "
+                    "no gates, e.g. the reference frame)."
                 )
+                gate_time = gr.Image(show_label=False, interactive=False, elem_id="gate-channels")
                 with gr.Row():
                     gate_slider = gr.Slider(0, 1, value=0, step=1, label="Gate maps of frame", elem_id="gate-frame")
                     gate_shown = gr.Dropdown(
                         [MOST_VARIED], value=MOST_VARIED, label="Each gate map shows", elem_id="gate-shown"
                     )
-                gate_image = gr.Image(
-                    label="AFM gate maps per object: transduction (left), induction (right); the caption says "
-                    "which channel and its range",
-                    interactive=False,
-                    elem_id="gate-maps",
+                gr.Markdown(
+                    "**AFM gate maps of one frame**, per object, transduction left and induction right, in the "
+                    "search region; each map's caption says which channel it shows and its range."
                 )
+                gate_image = gr.Image(show_label=False, interactive=False, elem_id="gate-maps")
             with gr.Tab("7. Correct", elem_id="correct-tab"):
                 gr.Markdown(
                     "Pick a later frame, fix its mask above (clicks, brush or a mask PNG), then re-propagate: "
