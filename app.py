@@ -31,7 +31,7 @@ from llb.studio.clip import UPLOAD_FORMATS, UPLOAD_TYPES, prepare_clip
 from llb.studio.engine import NAMES, Models, device_name, propagate
 from llb.studio.examples import example_path, load_examples
 from llb.studio.project import Project, Sessions
-from llb.studio.results import RunResult, gate_heatmaps, render
+from llb.studio.results import MOST_VARIED, RunResult, gate_channels, gate_choices, gate_heatmaps, render
 from llb.studio.settings import UNTRAINED, Settings
 from llb.studio.views import (
     ADD_COLOUR,
@@ -210,8 +210,9 @@ def frame_slider(first: int, last: int, value: int) -> dict:
 
 
 # What a new clip resets (after the loaded outputs): the previous clip's preview, overlay, cut-out, masks zip,
-# transparent cut-out zip, comparison (status, two videos, two plots), gate maps, and the click mode back to "object".
-CLEARED = (None, None, None, None, None, "", None, None, None, None, None, "object")
+# transparent cut-out zip, comparison (status, two videos, two plots), gate maps, gate channels over time, and the
+# click mode back to "object".
+CLEARED = (None, None, None, None, None, "", None, None, None, None, None, None, "object")
 
 
 def _load(project: Project, path: str) -> tuple:
@@ -373,26 +374,38 @@ def _require_model(variant: str) -> None:
         raise gr.Error(problem, duration=None)
 
 
-def heatmaps(result: RunResult, index: int, names: dict[int, str]) -> np.ndarray | None:
-    """The gate heat maps of frame `index` with their colour scale (0..1) underneath."""
-    heat = gate_heatmaps(result, index, names)
-    return None if heat is None else np.vstack([heat, colour_scale(heat.shape[1])])
+def scaled(image: np.ndarray | None) -> np.ndarray | None:
+    """A gate image with its colour scale (0..1) underneath."""
+    return None if image is None else np.vstack([image, colour_scale(image.shape[1])])
+
+
+def heatmaps(result: RunResult, index: int, names: dict[int, str], shown: str = MOST_VARIED) -> np.ndarray | None:
+    """The gate heat maps of frame `index` (`shown`: which channel, see `gate_choices`) with their colour scale."""
+    return scaled(gate_heatmaps(result, index, names, shown))
+
+
+def gate_views(result: RunResult, names: dict[int, str]) -> tuple:
+    """Line plot, frame slider, heat maps of the first frame, channels over time, and the channel choice reset."""
+    first = min(result.gates, default=0)
+    return (
+        gate_table(result),
+        frame_slider(first, max(result.gates, default=0), first),
+        heatmaps(result, first, names),
+        scaled(gate_channels(result, names)),
+        gr.update(choices=gate_choices(result), value=MOST_VARIED),
+    )
 
 
 def _results(project: Project, result: RunResult, cutout: str) -> tuple:
-    """Overlay video, cut-out video, masks zip, gate plot and heat map of a finished (or stopped) run."""
+    """Overlay video, cut-out video, masks zip and the gate views (`gate_views`) of a finished (or stopped) run."""
     paths = render(result, project.require_clip(), project.workdir / "outputs", cutout)
     project.keep_outputs("run", list(paths.values()))
-    first = min(result.gates, default=0)
-    heat = heatmaps(result, first, project.objects)
     return (
         str(paths["overlay"]),
         str(paths["cutout"]) if paths["cutout"] else None,
         str(paths["zip"]),
         str(paths["alpha"]) if paths["alpha"] else None,
-        gate_table(result),
-        frame_slider(first, max(result.gates, default=0), first),
-        heat,
+        *gate_views(result, project.objects),
     )
 
 
@@ -415,7 +428,7 @@ def _run(project: Project, start: int | None, cutout: str, editor: dict | None, 
         raise gr.Error(f"the cut-out video is one of: {', '.join(CUTOUTS)}")
     _require_model("llb")
     _apply_strokes(project, editor)
-    keep = (gr.update(),) * 8
+    keep = (gr.update(),) * 10
     with job(project, "run"):
         for item in _stream(project, "llb", start, progress):
             if isinstance(item, RunResult):
@@ -472,28 +485,26 @@ def compare(request: gr.Request, progress: gr.Progress = PROGRESS) -> Iterator:
                     project.keep_outputs(f"compare-{variant}", [overlay])
                     videos[variant] = str(overlay)
                 else:
-                    yield f"{NAMES[variant]}: {item[1]}", *(gr.update(),) * 6
+                    yield f"{NAMES[variant]}: {item[1]}", *(gr.update(),) * 8
     llb, joint = project.compare["llb"], project.compare["joint"]
-    first = min(llb.gates, default=0)
     yield (
         f"compared on {len(llb.frames())} frames · LLB {llb.fps:.1f} frames/s, JOINT-style {joint.fps:.1f} frames/s",
         videos["llb"],
         videos["joint"],
         disagreement_table(llb, joint),
-        gate_table(llb),
-        frame_slider(first, max(llb.gates, default=0), first),
-        heatmaps(llb, first, project.objects),
+        *gate_views(llb, project.objects),
     )
 
 
 @guard
-def gate_frame(index: float, request: gr.Request) -> Any:
-    """6. Heat maps of the AFM gates on one frame (the comparison's LLB run, else the last run)."""
+def gate_frame(index: float, shown: str | None, request: gr.Request) -> Any:
+    """6. Heat maps of the AFM gates on one frame (the comparison's LLB run, else the last run); `shown`: the
+    channel that varies most over pixels (the default), the mean over channels, or "channel N"."""
     project = project_of(request)
     result = project.compare.get("llb") or project.result
     if result is None or not result.gates:
         raise gr.Error("run (or compare) first: the gate maps come from an LLB run")
-    return heatmaps(result, whole(index, "the frame"), project.objects)
+    return heatmaps(result, whole(index, "the frame"), project.objects, shown or MOST_VARIED)
 
 
 def buttons(request: gr.Request) -> tuple:
@@ -601,12 +612,22 @@ def build() -> gr.Blocks:
                 gates = gr.LinePlot(
                     x="frame", y="gate", color="branch", y_lim=[0, 1], label="AFM gates per frame (mean over objects)"
                 )
-                gate_slider = gr.Slider(0, 1, value=0, step=1, label="Gate maps of frame", elem_id="gate-frame")
-                gate_image = gr.Image(
-                    label="AFM gate maps per object: transduction (left), induction (right)",
-                    interactive=False,
-                    elem_id="gate-maps",
+                gr.Markdown(  # the images go without a label: Gradio draws it over their titles
+                    "**AFM gate channels over time**, per object, transduction left and induction right: a row per "
+                    "channel, a column per frame, each cell the channel's mean gate over the search region (grey: "
+                    "no gates, e.g. the reference frame)."
                 )
+                gate_time = gr.Image(show_label=False, interactive=False, elem_id="gate-channels")
+                with gr.Row():
+                    gate_slider = gr.Slider(0, 1, value=0, step=1, label="Gate maps of frame", elem_id="gate-frame")
+                    gate_shown = gr.Dropdown(
+                        [MOST_VARIED], value=MOST_VARIED, label="Each gate map shows", elem_id="gate-shown"
+                    )
+                gr.Markdown(
+                    "**AFM gate maps of one frame**, per object, transduction left and induction right, in the "
+                    "search region; each map's caption says which channel it shows and its range."
+                )
+                gate_image = gr.Image(show_label=False, interactive=False, elem_id="gate-maps")
             with gr.Tab("7. Correct", elem_id="correct-tab"):
                 gr.Markdown(
                     "Pick a later frame, fix its mask above (clicks, brush or a mask PNG), then re-propagate: "
@@ -617,10 +638,13 @@ def build() -> gr.Blocks:
 
         working = [view, editor, objects, name, legend_html, status]
         cleared = [preview, out_video, cut_video, masks_zip, alpha_zip, compare_status, cmp_llb, cmp_joint]
-        loaded = [clip_info, input_video, ref, correct_frame, *working, *cleared, disagree, gates, gate_image, mode]
+        loaded = [
+            *(clip_info, input_video, ref, correct_frame, *working, *cleared),
+            *(disagree, gates, gate_image, gate_time, mode),
+        ]
         results = [
             *(preview, status, out_video, cut_video, masks_zip, alpha_zip),
-            *(gates, gate_slider, gate_image, correct_frame),
+            *(gates, gate_slider, gate_image, gate_time, gate_shown, correct_frame),
         ]
         engine = {"concurrency_id": "engine", "concurrency_limit": SETTINGS.max_jobs}
         jobs = [run_btn, compare_btn, repro_btn]
@@ -654,14 +678,18 @@ def build() -> gr.Blocks:
                 repropagate, [correct_frame, cutout, editor], results, api_name="repropagate", **on_status, **engine
             )
         )
-        compare_outputs = [compare_status, cmp_llb, cmp_joint, disagree, gates, gate_slider, gate_image]
+        compare_outputs = [
+            *(compare_status, cmp_llb, cmp_joint, disagree),
+            *(gates, gate_slider, gate_image, gate_time, gate_shown),
+        ]
         running = compare_btn.click(busy_buttons, None, jobs, **quiet)
         then_buttons(
             running.then(
                 compare, None, compare_outputs, api_name="compare", show_progress_on=[compare_status], **engine
             )
         )
-        gate_slider.release(gate_frame, gate_slider, gate_image, api_name="gate_frame")
+        gate_slider.release(gate_frame, [gate_slider, gate_shown], gate_image, api_name="gate_frame")
+        gate_shown.input(gate_frame, [gate_slider, gate_shown], gate_image, api_visibility="private")
         demo.unload(close_session)
     demo.queue(default_concurrency_limit=2, max_size=SETTINGS.queue_size)
     return demo

@@ -235,7 +235,8 @@ def test_a_new_clip_clears_the_previous_results_and_the_click_mode(app, clip):
     ids = [c._id for c in loading.outputs[-len(app.CLEARED) :]]
     by_id = {b._id: b for b in demo.blocks.values()}
     shown = {by_id[i].elem_id for i in ids}
-    assert {"preview", "vout", "cutout", "masks-zip", "cmp-llb", "cmp-joint", "gate-maps", "mode"} <= shown
+    assert {"preview", "vout", "cutout", "masks-zip", "cmp-llb", "cmp-joint", "gate-maps", "gate-channels"} <= shown
+    assert "mode" in shown
 
 
 def test_run_compare_and_repropagate_wait_for_a_clip_an_object_and_the_running_job(app, clip):
@@ -303,7 +304,9 @@ def test_working_frame_events_show_progress_on_the_status_line(app):
 def test_gate_maps_have_a_colour_scale(app, tmp_path):
     result = RunResult("llb", tmp_path, trained=True)
     ramp = np.linspace(0, 1, 20, dtype=np.float32)
-    result.gates = {3: {1: np.stack([np.tile(ramp, (12, 1)), np.zeros((12, 20), np.float32)])}}
+    gates = np.full((2, 4, 12, 20), 0.5, np.float16)
+    gates[0, 2], gates[1] = np.tile(ramp, (12, 1)), 0  # transduction: channel 2 varies; induction shut
+    result.gates = {3: {1: gates}}
     heat = app.heatmaps(result, 3, {1: "dog"})
     bar = heat[-34:]
     assert heat.shape[1] == 2 * 320 + 6 and heat.shape[0] == 192 + 34
@@ -562,13 +565,19 @@ def test_run_stop_correct_and_compare(app, clip, monkeypatch):
 
     # compare: two videos, a disagreement per frame, gate maps
     steps = list(app.compare(req))
-    status, llb, joint, disagreement, gates, _, heat = steps[-1]
+    status, llb, joint, disagreement, gates, _, heat, channels, shown = steps[-1]
     assert "compared on 12 frames" in status
     assert probe(llb).num_frames == N and probe(joint).num_frames == N
     assert list(disagreement["frame"]) == list(range(N)) and disagreement["disagreement"].between(0, 1).all()
     assert set(gates["branch"]) == {"transduction", "induction"}
     assert heat.ndim == 3 and heat.shape[1] == 2 * 320 + 6
-    assert app.gate_frame(5, req).shape == heat.shape
+    assert app.gate_frame(5, None, req).shape == heat.shape
+    dim = project.compare["llb"].gates[5][1].shape[1]
+    assert shown["value"] == app.MOST_VARIED and shown["choices"][2:] == [f"channel {c}" for c in range(dim)]
+    assert channels.shape[1] == 2 * 320 + 6 and channels.shape[0] > dim * 5  # a row per channel, 5 pixels each
+    assert app.gate_frame(5, "channel 3", req).shape == heat.shape
+    with pytest.raises(gr.Error, match=f"channel 0..{dim - 1}"):
+        app.gate_frame(5, f"channel {dim}", req)
 
 
 # the API

@@ -1,7 +1,7 @@
 """The app as a person uses it: Debian chromium driven by Playwright uploads a clip larger than the processing
 size, clicks the object, paints, runs, waits for the overlay video to play, downloads the masks zip and the
-overlay at the upload's resolution, corrects a later frame by clicks and re-propagates, and compares LLB with the
-JOINT-style baseline.
+overlay at the upload's resolution, corrects a later frame by clicks and re-propagates, compares LLB with the
+JOINT-style baseline, and picks one gate channel for the heat maps.
 
 Skips without chromium or Playwright (a developer's box); CI installs both (.ci/run)."""
 
@@ -153,5 +153,12 @@ def test_upload_click_paint_run_and_compare(server, tmp_path):
         )
         page.evaluate("document.querySelector('#cmp-llb video').play()")
         page.wait_for_function("!document.querySelector('#cmp-joint video').paused")  # synchronised
+        # the gate channels over time, and the heat maps of a channel chosen in the dropdown
+        page.wait_for_function("document.querySelector('#gate-channels img')?.naturalWidth > 0")
+        heat = "document.querySelector('#gate-maps img')?.src"
+        before = page.wait_for_function(f"{heat}").json_value()
+        page.locator("#gate-shown input").click()
+        page.get_by_role("option", name="channel 3", exact=True).click()
+        page.wait_for_function(f"{heat} && {heat} !== {json.dumps(before)}")
         page.screenshot(path=str(tmp_path / "app.png"), full_page=True)
         browser.close()

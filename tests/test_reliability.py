@@ -96,7 +96,7 @@ def test_one_and_two_frame_clips_load_click_and_run(app, tmp_path, n):
     slider_ok(out[3])
     app.click(*square_click(), "object", req)
     steps = list(app.run("none", None, req))
-    _, status, overlay, _, masks, _alpha, _, gate_slider, _, correct = steps[-1]
+    _, status, overlay, _, masks, _alpha, _, gate_slider, _, _, _, correct = steps[-1]
     assert status.startswith(f"done: {n} frames")
     slider_ok(gate_slider)
     slider_ok(correct)
@@ -249,7 +249,7 @@ def test_messages_are_plain_words_without_server_paths(app, tmp_path):
         lambda: app.set_reference("first", req),
         lambda: app.show_frame(math.inf, req),
         lambda: app.select_object("x", req),
-        lambda: app.gate_frame(float("nan"), req),
+        lambda: app.gate_frame(float("nan"), None, req),
         lambda: app.load_video(str(tmp_path / "gone.mp4"), req),
         lambda: app.upload_mask(str(tmp_path / "gone.png"), req),
         lambda: app.rename_object(None, req),

@@ -19,7 +19,17 @@ import pytest
 from PIL import Image
 
 from llb.studio.clip import Clip, prepare_clip
-from llb.studio.results import TRANSPARENT, RunResult, render
+from llb.studio.results import (
+    CHANNEL_MEAN,
+    MOST_VARIED,
+    TRANSPARENT,
+    RunResult,
+    gate_channels,
+    gate_choices,
+    gate_heatmaps,
+    gate_means,
+    render,
+)
 from llb.studio.settings import Settings
 from llb.video.io import VideoWriter, ffmpeg_exe, has_audio, probe
 
@@ -201,3 +211,85 @@ def test_the_app_hands_back_full_resolution_files_with_sound(tmp_path: Path) -> 
             assert first.size == (2 * W, 2 * H) and first.mode == "P"
         with zipfile.ZipFile(alpha) as zf:
             assert Image.open(io.BytesIO(zf.read("cutout/00000.png"))).size == (2 * W, 2 * H)
+
+
+def _grid(panel: np.ndarray) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) of the coloured cells of a gate image: viridis is saturated, the text and the
+    no-gates grey are not."""
+    ys, xs = np.nonzero(panel.max(2).astype(int) - panel.min(2) > 40)
+    return xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+
+
+def _viridis(value: float) -> np.ndarray:
+    grey = np.full((1, 1), round(value * 255), np.uint8)
+    return cv2.applyColorMap(grey, cv2.COLORMAP_VIRIDIS)[0, 0, ::-1].astype(int)
+
+
+def _channel_pattern(tmp_path: Path, channels: int = 8, frames: int = 10) -> RunResult:
+    """Transduction: channel c at c / (D - 1) on every frame; induction: 0.5 but channel 5, shut (0) before
+    frame 6 and open (1) from it; frame 3 has a given mask (no gates)."""
+    result = RunResult("llb", tmp_path, trained=True)
+    for frame in range(frames):
+        if frame != 3:
+            gates = np.full((2, channels, 6, 9), 0.5, np.float16)
+            gates[0] = np.linspace(0, 1, channels)[:, None, None]
+            gates[1, 5] = float(frame >= 6)
+            result.gates[frame] = {1: gates}
+    return result
+
+
+def test_gate_channels_draw_a_row_per_channel_and_a_column_per_frame(tmp_path: Path) -> None:
+    channels, frames = 8, 10
+    image = gate_channels(_channel_pattern(tmp_path, channels, frames), {1: "dog"})
+    width = (image.shape[1] - 6) // 2
+    transduction, induction = image[:, :width], image[:, width + 6 :]
+    x0, y0, x1, y1 = _grid(transduction)
+    rows = [transduction[y0 + round((c + 0.5) * (y1 - y0) / channels), x0 + 2].astype(int) for c in range(channels)]
+    assert all(np.abs(row - _viridis(c / (channels - 1))).max() <= 3 for c, row in enumerate(rows))
+    runs = 1 + np.count_nonzero(np.abs(np.diff(transduction[y0:y1, x0 + 2].astype(int), axis=0)).max(1) > 0)
+    assert runs == channels  # D rows of one colour each, channel 0 at the top
+    assert _grid(induction) == (x0, y0, x1, y1)
+    for frame in range(frames):
+        x = x0 + round((frame + 0.5) * (x1 - x0) / frames)
+        for channel in range(channels):
+            cell = induction[y0 + round((channel + 0.5) * (y1 - y0) / channels), x].astype(int)
+            want = 0.5 if channel != 5 else float(frame >= 6)
+            if frame == 3:
+                assert (cell == 200).all(), channel  # no gates on the frame with a given mask
+            else:
+                assert np.abs(cell - _viridis(want)).max() <= 3, (frame, channel)
+
+
+def test_gate_channels_keep_a_column_for_every_frame_of_a_long_clip(tmp_path: Path) -> None:
+    result = _channel_pattern(tmp_path, 8, 2)
+    result.gates = {f: result.gates[0] for f in range(400)}
+    x0, _, x1, _ = _grid(gate_channels(result, {}))
+    assert x1 - x0 >= 400
+
+
+def test_gate_heatmaps_show_the_channel_that_varies_most_or_the_mean_or_one_channel(tmp_path: Path) -> None:
+    """Channel 6 of 8 splits the search region into a closed left and an open right half; the others are flat
+    0.5. The default shows it at full contrast; the mean over channels dilutes it eight times."""
+    result = RunResult("llb", tmp_path, trained=True)
+    gates = np.full((2, 8, 6, 8), 0.5, np.float16)
+    gates[:, 6, :, 4:], gates[:, 6, :, :4] = 1.0, 0.0
+    result.gates = {0: {1: gates}}
+    assert gate_choices(result) == [MOST_VARIED, CHANNEL_MEAN, *(f"channel {c}" for c in range(8))]
+    assert gate_means(result) == [(0, "transduction", 0.5), (0, "induction", 0.5)]
+
+    def sides(shown: str) -> tuple[np.ndarray, np.ndarray]:
+        heat = gate_heatmaps(result, 0, {1: "dog"}, shown, width=160)
+        return heat[100, 10].astype(int), heat[100, 150].astype(int)  # transduction tile: left, right
+
+    left, right = sides(MOST_VARIED)
+    assert np.abs(left - _viridis(0)).max() <= 3 and np.abs(right - _viridis(1)).max() <= 3
+    assert [a.tolist() for a in sides(MOST_VARIED)] == [a.tolist() for a in sides("channel 6")]
+    left, right = sides(CHANNEL_MEAN)
+    assert np.abs(left - _viridis(0.5 - 0.5 / 8)).max() <= 3 and np.abs(right - _viridis(0.5 + 0.5 / 8)).max() <= 3
+    left, right = sides("channel 2")
+    assert np.abs(left - _viridis(0.5)).max() <= 3 and np.abs(right - _viridis(0.5)).max() <= 3
+    long = {1: "a name far too long for one tile " * 9}  # cut short to fit its tile
+    assert gate_heatmaps(result, 0, long, width=160).shape == gate_heatmaps(result, 0, {}, width=160).shape
+    assert gate_channels(result, long).shape == gate_channels(result, {}).shape
+    with pytest.raises(ValueError, match=r"channel 0\.\.7"):
+        gate_heatmaps(result, 0, {}, "channel 8")

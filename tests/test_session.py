@@ -58,8 +58,8 @@ def test_propagate_streams_one_result_per_frame(segmenter):
         assert r.labels.shape == (H, W) and r.labels.dtype == np.uint8
         assert set(np.unique(r.labels)) <= {0, 1}
         assert r.probs.shape == (1, H, W) and r.probs.min() >= 0 and r.probs.max() <= 1
-        assert r.gates is not None and r.gates[1].shape == (2, 4, 7)
-        assert ((r.gates[1] > 0) & (r.gates[1] < 1)).all()
+        assert r.gates is not None and r.gates[1].shape == (2, segmenter.model.cfg.label.dim, 4, 7)  # per channel
+        assert r.gates[1].dtype == np.float16 and ((r.gates[1] > 0) & (r.gates[1] < 1)).all()
 
 
 def test_objects_starting_later_and_corrections(segmenter):

@@ -27,8 +27,8 @@ class RunResult:
     """The frames of one run of one network (`variant`), kept in `folder` as `<frame>.npz`: the label map
     (h, w) uint8 and, when given, the merged probabilities (K, h, w) quantised to uint8 with their object ids,
     so that an export at another size takes the argmax of upsampled probabilities instead of stretched labels.
-    A sink of the exporter; `gates[frame][id]` holds the AFM's mean transduction and induction gate maps
-    (2, h, w) when the network has an AFM."""
+    A sink of the exporter; `gates[frame][id]` holds the AFM's transduction and induction gates per channel
+    (2, D, h, w) float16 when the network has an AFM."""
 
     variant: str
     folder: Path
@@ -168,33 +168,145 @@ def disagreement(a: RunResult, b: RunResult) -> list[tuple[int, float]]:
     return rows
 
 
+GATE_BRANCHES = ("transduction", "induction")
+MOST_VARIED = "the channel that varies most over pixels"
+CHANNEL_MEAN = "the mean over channels"
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+_NO_GATES = (200, 200, 200)  # frames without gates (given masks, frames not tracked) in the channel view
+
+
 def gate_means(result: RunResult) -> list[tuple[int, str, float]]:
     """(frame, branch, mean gate over the objects) for a line plot of each branch's share per frame."""
     rows = []
     for index in sorted(result.gates):
-        maps = np.stack(list(result.gates[index].values()))  # (K, 2, h, w)
-        rows.append((index, "transduction", float(maps[:, 0].mean())))
-        rows.append((index, "induction", float(maps[:, 1].mean())))
+        maps = np.stack(list(result.gates[index].values()))  # (K, 2, D, h, w)
+        for branch, gate in zip(GATE_BRANCHES, maps.swapaxes(0, 1), strict=True):
+            rows.append((index, branch, float(gate.mean(dtype=np.float32))))
     return rows
 
 
-def gate_heatmaps(result: RunResult, index: int, names: dict[int, str], width: int = 320) -> np.ndarray | None:
-    """Heat maps of frame `index`: one row per object, transduction gate left, induction gate right
-    (viridis, 0 dark to 1 bright), in the object's search region."""
+def gate_choices(result: RunResult) -> list[str]:
+    """What the heat maps can show: the most varying channel (the default), the mean, or channel 0..D-1."""
+    first = next((maps for frame in result.gates.values() for maps in frame.values()), None)
+    channels = 0 if first is None else first.shape[1]
+    return [MOST_VARIED, CHANNEL_MEAN, *(f"channel {c}" for c in range(channels))]
+
+
+def _shown_channel(gate: np.ndarray, shown: str) -> tuple[np.ndarray, str]:
+    """The map (h, w) that `shown` picks from one branch's gates (D, h, w), and what it is, in words."""
+    gate = gate.astype(np.float32)
+    if shown == CHANNEL_MEAN:
+        return gate.mean(0), f"mean of {len(gate)} channels"
+    if shown == MOST_VARIED:
+        channel = int(gate.reshape(len(gate), -1).std(1).argmax())
+        return gate[channel], f"channel {channel} (most varied)"
+    channel = int(shown.removeprefix("channel "))
+    return gate[channel], f"channel {channel}"
+
+
+def _fit(name: str, rest: str, width: int, scale: float = 0.45) -> str:
+    """`name + rest`, the name cut short (ending in "..") where the text would be wider than `width` pixels."""
+    cut = len(name)
+    while cut > 1 and cv2.getTextSize(name[:cut] + rest, _FONT, scale, 1)[0][0] > width:
+        cut -= 1
+    return name + rest if cut == len(name) else name[: max(1, cut - 2)] + ".." + rest
+
+
+def _label(image: np.ndarray, text: str, org: tuple[int, int], scale: float = 0.45) -> None:
+    """White text with a black outline, readable on any colour of the scale (and on white)."""
+    cv2.putText(image, text, org, _FONT, scale, (0, 0, 0), 3, cv2.LINE_AA)
+    cv2.putText(image, text, org, _FONT, scale, (255, 255, 255), 1, cv2.LINE_AA)
+
+
+def _viridis(values: np.ndarray) -> np.ndarray:
+    """Gate values in 0..1 (any shape) as RGB (..., 3) uint8 on the fixed 0..1 viridis scale."""
+    grey = np.clip(np.rint(np.asarray(values, np.float32) * 255), 0, 255).astype(np.uint8)
+    return cv2.applyColorMap(grey.reshape(grey.shape[0], -1), cv2.COLORMAP_VIRIDIS)[..., ::-1].reshape(*grey.shape, 3)
+
+
+def gate_heatmaps(
+    result: RunResult, index: int, names: dict[int, str], shown: str = MOST_VARIED, width: int = 320
+) -> np.ndarray | None:
+    """Heat maps of frame `index`: one row per object, transduction gate left, induction gate right (viridis,
+    fixed 0 dark to 1 bright), in the object's search region. `shown` (one of `gate_choices`) picks per map the
+    channel whose gate varies most over pixels (where any spatial structure is), the mean over channels, or one
+    channel; each map's caption says which channel it shows and its range."""
     maps = result.gates.get(index)
     if not maps:
         return None
+    channels = next(iter(maps.values())).shape[1]
+    if shown not in gate_choices(result):
+        raise ValueError(f"the heat maps show {MOST_VARIED}, {CHANNEL_MEAN} or a channel 0..{channels - 1}")
     rows = []
     for object_id, gates in sorted(maps.items()):
-        h, w = gates.shape[1:]
+        h, w = gates.shape[2:]
         size = (width, max(1, round(width * h / w)))
         tiles = []
-        for branch, gate in zip(("transduction", "induction"), gates, strict=True):
-            tile = cv2.applyColorMap(np.clip(gate * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_VIRIDIS)
-            tile = cv2.resize(tile, size, interpolation=cv2.INTER_NEAREST)[..., ::-1].copy()
-            text = f"{names.get(object_id, object_id)}: {branch} {gate.mean():.2f}"
-            cv2.putText(tile, text, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+        for branch, gate in zip(GATE_BRANCHES, gates, strict=True):
+            picked, what = _shown_channel(gate, shown)
+            tile = cv2.resize(_viridis(picked), size, interpolation=cv2.INTER_NEAREST)
+            _label(tile, _fit(str(names.get(object_id, object_id)), f": {branch} gate", width - 12), (6, 18))
+            _label(tile, f"{what}: {picked.min():.2f}-{picked.max():.2f}", (6, 38))
             tiles.append(tile)
         rows.append(np.hstack([tiles[0], np.full((size[1], 6, 3), 255, np.uint8), tiles[1]]))
     out = np.vstack(rows)
     return stamp(out, result.warning) if result.warning else out
+
+
+def gate_channels(result: RunResult, names: dict[int, str], width: int = 320, row: int = 5) -> np.ndarray | None:
+    """The gates' channel selection over the video: per object, for each branch (transduction left, induction
+    right), D rows (channel 0 at the top) by frames (columns, left to right), each cell the channel's mean gate
+    over the search region on that frame, on the heat maps' fixed 0..1 scale; light grey where a frame has no
+    gates (a given mask, or a frame not tracked). Each panel is `width` wide (wider for more frames than
+    pixels: every frame keeps a column), `row` pixels a channel."""
+    if not result.gates:
+        return None
+    first, last = min(result.gates), max(result.gates)
+    objects = sorted({i for maps in result.gates.values() for i in maps})
+    channels = next(iter(next(iter(result.gates.values())).values())).shape[1]
+    left, top, bottom = 30, 26, 30  # margins: channel numbers, title, frame axis
+    grid = (max(width - left - 4, last - first + 1), channels * row)  # (w, h) of the cells
+    width = left + grid[0] + 4
+    blocks = []
+    for object_id in objects:
+        panels = []
+        for b, branch in enumerate(GATE_BRANCHES):
+            cells = np.full((channels, last - first + 1, 3), _NO_GATES, np.uint8)
+            for index, maps in result.gates.items():
+                if object_id in maps:
+                    cells[:, index - first] = _viridis(maps[object_id][b].mean((1, 2), dtype=np.float32))
+            panel = np.full((top + grid[1] + bottom, width, 3), 255, np.uint8)
+            panel[top : top + grid[1], left : left + grid[0]] = cv2.resize(cells, grid, interpolation=cv2.INTER_NEAREST)
+            _axis_labels(panel, (left, top), grid, channels, (first, last))
+            title = _fit(str(names.get(object_id, object_id)), f": {branch} gate", width - 8)
+            cv2.putText(panel, title, (4, 17), _FONT, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+            panels.append(panel)
+        blocks.append(np.hstack([panels[0], np.full((panels[0].shape[0], 6, 3), 255, np.uint8), panels[1]]))
+    out = np.vstack(blocks)
+    return stamp(out, result.warning) if result.warning else out
+
+
+def _axis_labels(
+    panel: np.ndarray, origin: tuple[int, int], grid: tuple[int, int], channels: int, frames: tuple[int, int]
+) -> None:
+    """Channel numbers left of the grid at `origin` (x, y) of size `grid` (w, h), frame numbers under it."""
+    (x0, y0), (gw, gh), (first, last) = origin, grid, frames
+    black = (0, 0, 0)
+    for c in sorted({0, *range(8, channels - 4, 8), channels - 1}):
+        y = y0 + round((c + 0.5) * gh / channels)
+        cv2.putText(panel, str(c), (2, y + 4), _FONT, 0.35, black, 1, cv2.LINE_AA)
+        cv2.line(panel, (x0 - 4, y), (x0 - 1, y), black, 1)
+    count = last - first + 1
+    step = 10 * max(1, count // 60)
+    kept: list[int] = []
+    for frame in [first, last, *range(first - first % step + step, last, step)]:  # the ends first
+        x = x0 + round((frame - first + 0.5) * gw / count)
+        if all(abs(x - k) >= 24 for k in kept):  # numbers never overlap
+            kept.append(x)
+            text = str(frame)
+            (tw, _), _ = cv2.getTextSize(text, _FONT, 0.35, 1)
+            cv2.line(panel, (x, y0 + gh), (x, y0 + gh + 3), black, 1)
+            org = (min(max(0, x - tw // 2), panel.shape[1] - tw), y0 + gh + 14)
+            cv2.putText(panel, text, org, _FONT, 0.35, black, 1, cv2.LINE_AA)
+    (tw, _), _ = cv2.getTextSize("frame", _FONT, 0.4, 1)
+    cv2.putText(panel, "frame", (x0 + (gw - tw) // 2, y0 + gh + 27), _FONT, 0.4, black, 1, cv2.LINE_AA)
