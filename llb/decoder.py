@@ -5,7 +5,9 @@ with the resized E_tar, then a residual refinement block (RRB), a channel attent
 the previous level, and a second RRB. A final projection upsamples x2, then to the image size, to one logit map.
 
 Both upsamplings are exact x2 steps at the usual crop sizes; they run as a fixed depthwise convolution
-(`upsample2x`), which gives F.interpolate's result (align_corners=False) in a fraction of its CPU time.
+(`upsample2x`), which gives F.interpolate's result (align_corners=False) in a fraction of its CPU time. The
+last one and the 3x3 conv to one logit map run fused (`upsample2x_conv3x3`): the full-size project_dim-channel
+map is never built.
 """
 
 from __future__ import annotations
@@ -57,6 +59,49 @@ def upsample2x(x: Tensor, mode: str) -> Tensor:
     x = F.pad(x.contiguous(memory_format=torch.channels_last), (2, 2, 2, 2), mode="replicate")
     weight = phases.repeat(x.shape[1], 1, 1, 1).to(x.dtype)
     return F.pixel_shuffle(F.conv2d(x, weight, groups=x.shape[1]), 2)
+
+
+def _conv_phase_taps(mode: str) -> tuple[tuple[tuple[float, ...], ...], ...]:
+    """(2, 3, 5): per output phase p and 3x3 conv tap k (offset k - 1), the weights of input taps i-2..i+2 of the
+    x2 upsampling read through that conv tap. The upsampled row 2i+p+k-1 is phase q = (p+k-1) mod 2 of input
+    row i + (p+k-1) // 2, so its 5 taps shift by that row; they stay within i-2..i+2 (a phase's tap at the far
+    end is 0, which the assert checks)."""
+    out = []
+    for p in range(2):
+        row = []
+        for k in range(3):
+            shift, q = divmod(p + k - 1, 2)
+            taps = [0.0] * 7  # offsets -3..3
+            taps[1 + shift : 6 + shift] = _PHASE_TAPS[mode][q]
+            assert taps[0] == taps[6] == 0.0
+            row.append(tuple(taps[1:6]))
+        out.append(tuple(row))
+    return tuple(out)
+
+
+_CONV_PHASE_TAPS = {mode: _conv_phase_taps(mode) for mode in _PHASE_TAPS}
+
+
+def upsample2x_conv3x3(x: Tensor, conv3x3: nn.Conv2d, mode: str) -> Tensor:
+    """conv3x3(upsample2x(x, mode)) for x (B, C, h, w) -> (B, O, 2h, 2w), without building the (B, C, 2h, 2w)
+    map: both are linear, so output phase (dy, dx) is one 5x5 convolution of x, whose weights are the 3x3
+    weights spread over the upsampling taps; the O x 4 phases run as one convolution and a pixel shuffle.
+
+    The replicate padding repeats the clamped upsampling taps, but the 3x3 conv zero-pads the upsampled map,
+    which the phase kernels cannot see: the outermost output rows and columns are recomputed the direct way
+    from 3 input rows (columns), the exact inputs of the first two upsampled rows."""
+    weight = conv3x3.weight  # (O, C, 3, 3)
+    taps = torch.tensor(_CONV_PHASE_TAPS[mode], dtype=weight.dtype, device=weight.device)  # (2, 3, 5)
+    with torch.autocast(weight.device.type, enabled=False):  # the weights in their own precision, rounded once
+        phases = torch.einsum("ocyx,pya,qxb->opqcab", weight, taps, taps).flatten(0, 2)  # (O*4, C, 5, 5)
+    bias = None if conv3x3.bias is None else conv3x3.bias.repeat_interleave(4)
+    x = x.contiguous(memory_format=torch.channels_last)
+    out = F.pixel_shuffle(F.conv2d(F.pad(x, (2, 2, 2, 2), mode="replicate"), phases, bias), 2)
+    out[..., :1, :] = conv3x3(upsample2x(x[..., :3, :], mode)[..., :2, :])[..., :1, :]
+    out[..., -1:, :] = conv3x3(upsample2x(x[..., -3:, :], mode)[..., -2:, :])[..., -1:, :]
+    out[..., :1] = conv3x3(upsample2x(x[..., :3], mode)[..., :2])[..., :1]
+    out[..., -1:] = conv3x3(upsample2x(x[..., -3:], mode)[..., -2:])[..., -1:]
+    return out
 
 
 def upsample(x: Tensor, size: tuple[int, int], mode: str) -> Tensor:
@@ -162,4 +207,6 @@ class SegmentationDecoder(nn.Module):
         assert out is not None
         mode = self.cfg.upsample
         x = torch.relu(self.project_conv1(upsample2x(out, mode)))
+        if tuple(image_size) == (2 * x.shape[-2], 2 * x.shape[-1]):
+            return upsample2x_conv3x3(x, self.project_conv2, mode)
         return self.project_conv2(upsample(x, image_size, mode))
