@@ -82,26 +82,33 @@ def _conv_phase_taps(mode: str) -> tuple[tuple[tuple[float, ...], ...], ...]:
 _CONV_PHASE_TAPS = {mode: _conv_phase_taps(mode) for mode in _PHASE_TAPS}
 
 
-def upsample2x_conv3x3(x: Tensor, conv3x3: nn.Conv2d, mode: str) -> Tensor:
-    """conv3x3(upsample2x(x, mode)) for x (B, C, h, w) -> (B, O, 2h, 2w), without building the (B, C, 2h, 2w)
-    map: both are linear, so output phase (dy, dx) is one 5x5 convolution of x, whose weights are the 3x3
-    weights spread over the upsampling taps; the O x 4 phases run as one convolution and a pixel shuffle.
+def upsample2x_conv3x3(x: Tensor, weight: Tensor, bias: Tensor | None, mode: str) -> Tensor:
+    """F.conv2d(upsample2x(x, mode), weight, bias, padding=1) for x (B, C, h, w), weight (O, C, 3, 3) ->
+    (B, O, 2h, 2w), without building the (B, C, 2h, 2w) map: both are linear, so output phase (dy, dx) is one
+    5x5 convolution of x whose weights are the 3x3 weights spread over the upsampling taps; the O x 4 phases
+    run as one convolution on x and a pixel shuffle.
 
-    The replicate padding repeats the clamped upsampling taps, but the 3x3 conv zero-pads the upsampled map,
-    which the phase kernels cannot see: the outermost output rows and columns are recomputed the direct way
-    from 3 input rows (columns), the exact inputs of the first two upsampled rows."""
-    weight = conv3x3.weight  # (O, C, 3, 3)
+    That convolution zero-pads x where the upsampling clamps its taps, and cannot see the 3x3 conv's zero
+    padding of the upsampled map: the outermost 4 output rows and columns (2 input rows) are recomputed the
+    direct way (`_edge_rows`), on the first and last 4 input rows (columns) only."""
     taps = torch.tensor(_CONV_PHASE_TAPS[mode], dtype=weight.dtype, device=weight.device)  # (2, 3, 5)
     with torch.autocast(weight.device.type, enabled=False):  # the weights in their own precision, rounded once
         phases = torch.einsum("ocyx,pya,qxb->opqcab", weight, taps, taps).flatten(0, 2)  # (O*4, C, 5, 5)
-    bias = None if conv3x3.bias is None else conv3x3.bias.repeat_interleave(4)
     x = x.contiguous(memory_format=torch.channels_last)
-    out = F.pixel_shuffle(F.conv2d(F.pad(x, (2, 2, 2, 2), mode="replicate"), phases, bias), 2)
-    out[..., :1, :] = conv3x3(upsample2x(x[..., :3, :], mode)[..., :2, :])[..., :1, :]
-    out[..., -1:, :] = conv3x3(upsample2x(x[..., -3:, :], mode)[..., -2:, :])[..., -1:, :]
-    out[..., :1] = conv3x3(upsample2x(x[..., :3], mode)[..., :2])[..., :1]
-    out[..., -1:] = conv3x3(upsample2x(x[..., -3:], mode)[..., -2:])[..., -1:]
+    out = F.pixel_shuffle(F.conv2d(x, phases, None if bias is None else bias.repeat_interleave(4), padding=2), 2)
+    out[..., :4, :], out[..., -4:, :] = _edge_rows(x, weight, bias, mode)
+    left, right = _edge_rows(x.transpose(-1, -2), weight.transpose(-1, -2), bias, mode)
+    out[..., :4], out[..., -4:] = left.transpose(-1, -2), right.transpose(-1, -2)
     return out
+
+
+def _edge_rows(x: Tensor, weight: Tensor, bias: Tensor | None, mode: str) -> tuple[Tensor, Tensor]:
+    """The first and last 4 rows, (B, O, 4, 2w) each, of F.conv2d(upsample2x(x), weight, bias, padding=1), from
+    x's first and last 4 rows (as one batch): they hold every input of the upsampled rows 0..4 (resp. the last 5),
+    which those output rows read."""
+    n = x.shape[0]
+    y = F.conv2d(upsample2x(torch.cat([x[..., :4, :], x[..., -4:, :]]), mode), weight, bias, padding=1)
+    return y[:n, :, :4], y[n:, :, -4:]
 
 
 def upsample(x: Tensor, size: tuple[int, int], mode: str) -> Tensor:
@@ -208,5 +215,5 @@ class SegmentationDecoder(nn.Module):
         mode = self.cfg.upsample
         x = torch.relu(self.project_conv1(upsample2x(out, mode)))
         if tuple(image_size) == (2 * x.shape[-2], 2 * x.shape[-1]):
-            return upsample2x_conv3x3(x, self.project_conv2, mode)
+            return upsample2x_conv3x3(x, self.project_conv2.weight, self.project_conv2.bias, mode)
         return self.project_conv2(upsample(x, image_size, mode))
