@@ -53,10 +53,14 @@ def upsample2x(x: Tensor, mode: str) -> Tensor:
     """F.interpolate(x, scale 2, mode, align_corners=False) for (B, C, H, W) -> (B, C, 2H, 2W), as one depthwise
     5x5 convolution giving the four output phases (B, 4C, H, W) and a pixel shuffle; channels-last, the layout
     in which both run fastest on the CPU. torch clamps the taps to the image, which the replicate padding
-    repeats."""
+    repeats. Bilinear is F.interpolate itself: its channels-last kernel is ~20x faster than the convolution
+    (1.0 vs 22 ms for 64 x 60 x 108 in bf16, 1 thread), unlike bicubic's (81 vs 23 ms)."""
+    x = x.contiguous(memory_format=torch.channels_last)
+    if mode == "bilinear":
+        return F.interpolate(x, scale_factor=2, mode=mode, align_corners=False)
     taps = torch.tensor(_PHASE_TAPS[mode], dtype=torch.float32, device=x.device)  # (2, 5)
     phases = (taps[:, None, :, None] * taps[None, :, None, :]).reshape(4, 1, 5, 5)  # (dy, dx) row-major
-    x = F.pad(x.contiguous(memory_format=torch.channels_last), (2, 2, 2, 2), mode="replicate")
+    x = F.pad(x, (2, 2, 2, 2), mode="replicate")
     weight = phases.repeat(x.shape[1], 1, 1, 1).to(x.dtype)
     return F.pixel_shuffle(F.conv2d(x, weight, groups=x.shape[1]), 2)
 

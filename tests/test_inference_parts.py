@@ -215,10 +215,11 @@ def test_upsample2x_is_interpolate_with_its_border_clamping(mode: str, shape: tu
     torch.testing.assert_close(upsample2x(x.double(), mode), want, rtol=0, atol=1e-12)
 
 
-def test_upsample2x_keeps_channels_last_and_bfloat16() -> None:
-    x = torch.randn(1, 8, 6, 10).contiguous(memory_format=torch.channels_last)
-    got = upsample2x(x.bfloat16(), "bicubic")
-    want = F.interpolate(x, scale_factor=2, mode="bicubic", align_corners=False)
+@pytest.mark.parametrize("mode", ["bicubic", "bilinear"])
+def test_upsample2x_keeps_channels_last_and_bfloat16(mode: str) -> None:
+    x = torch.randn(1, 8, 6, 10)
+    got = upsample2x(x.bfloat16(), mode)
+    want = F.interpolate(x, scale_factor=2, mode=mode, align_corners=False)
     assert got.dtype == torch.bfloat16 and got.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(got.float(), want, rtol=0, atol=0.02 * want.abs().max().item())
 
