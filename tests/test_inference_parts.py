@@ -1,15 +1,15 @@
-"""Memory policy, search-region crop/paste and the decoder's x2 upsampling."""
+"""Memory policy, search-region crop/paste and the decoder's x2 upsampling (and its fusion with the last conv)."""
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from torchvision.ops import roi_align
 
-from llb.config import InductionConfig
+from llb.config import DecoderConfig, InductionConfig
 from llb.data import sampler
-from llb.decoder import upsample, upsample2x
+from llb.decoder import LEVELS, SegmentationDecoder, upsample, upsample2x, upsample2x_conv3x3
 from llb.induction import FewShotLearner, LearnerMemory, apply_filter
 from llb.inference.aggregate import soft_aggregate
 from llb.inference.crop import CropConfig, crop_channels_last, mask_box, paste, search_region, update_box
@@ -215,10 +215,11 @@ def test_upsample2x_is_interpolate_with_its_border_clamping(mode: str, shape: tu
     torch.testing.assert_close(upsample2x(x.double(), mode), want, rtol=0, atol=1e-12)
 
 
-def test_upsample2x_keeps_channels_last_and_bfloat16() -> None:
-    x = torch.randn(1, 8, 6, 10).contiguous(memory_format=torch.channels_last)
-    got = upsample2x(x.bfloat16(), "bicubic")
-    want = F.interpolate(x, scale_factor=2, mode="bicubic", align_corners=False)
+@pytest.mark.parametrize("mode", ["bicubic", "bilinear"])
+def test_upsample2x_keeps_channels_last_and_bfloat16(mode: str) -> None:
+    x = torch.randn(1, 8, 6, 10)
+    got = upsample2x(x.bfloat16(), mode)
+    want = F.interpolate(x, scale_factor=2, mode=mode, align_corners=False)
     assert got.dtype == torch.bfloat16 and got.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(got.float(), want, rtol=0, atol=0.02 * want.abs().max().item())
 
@@ -228,6 +229,60 @@ def test_upsample_to_a_size_other_than_x2_interpolates() -> None:
     want = F.interpolate(x, size=(11, 13), mode="bicubic", align_corners=False)
     torch.testing.assert_close(upsample(x, (11, 13), "bicubic"), want, rtol=0, atol=0)
     torch.testing.assert_close(upsample(x, (10, 12), "bicubic"), upsample2x(x, "bicubic"), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("mode", ["bicubic", "bilinear"])
+@pytest.mark.parametrize(
+    "shape", [(1, 32, 12, 20), (3, 5, 7, 9), (2, 4, 1, 2), (1, 3, 2, 1), (2, 3, 3, 4), (1, 2, 9, 8)]
+)
+def test_upsample2x_conv3x3_is_the_conv_of_the_upsampled_map(mode: str, shape: tuple[int, ...]) -> None:
+    """Every pixel, the outermost rows and columns (clamped taps read through the conv's zero padding)
+    included; the weights' gradient too, since training runs the same path."""
+    gen = torch.Generator().manual_seed(sum(shape))
+    x = torch.randn(shape, generator=gen)
+    conv = nn.Conv2d(shape[1], 2, 3, padding=1)
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen))
+    ref = nn.Conv2d(shape[1], 2, 3, padding=1).double()
+    ref.load_state_dict(conv.state_dict())
+    want = ref(F.interpolate(x.double(), scale_factor=2, mode=mode, align_corners=False))
+    got = upsample2x_conv3x3(x, conv.weight, conv.bias, mode)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-5 * want.abs().max().item())
+    assert (got.double() - want).abs().max() < 1e-3 * (want - want.mean()).abs().max()  # not vacuous
+    upstream = torch.randn(want.shape, generator=gen)
+    (got * upstream).sum().backward()
+    (want * upstream.double()).sum().backward()
+    torch.testing.assert_close(conv.weight.grad.double(), ref.weight.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(conv.bias.grad.double(), ref.bias.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_upsample2x_conv3x3_under_bfloat16_autocast() -> None:
+    x = torch.randn(1, 8, 6, 10)
+    conv = nn.Conv2d(8, 1, 3, padding=1)
+    want = conv(F.interpolate(x, scale_factor=2, mode="bicubic", align_corners=False))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = upsample2x_conv3x3(x.bfloat16(), conv.weight, conv.bias, "bicubic")
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want, rtol=0, atol=0.02 * want.abs().max().item())
+
+
+@pytest.mark.parametrize("image_size", [(32, 48), (33, 45)])
+def test_decoder_logits_are_the_conv_of_the_interpolated_projection(image_size: tuple[int, int]) -> None:
+    """The x2 crop size takes the fused path, any other size the interpolation; both give the reference."""
+    torch.manual_seed(0)
+    decoder = SegmentationDecoder(DecoderConfig(widths=(8, 8, 8, 8), project_dim=4), 3, dict.fromkeys(LEVELS, 5))
+    decoder.eval()
+    feats = {
+        name: torch.randn(2, 5, 16 >> i, 24 >> i) for i, name in enumerate(("layer1", "layer2", "layer3", "layer4"))
+    }
+    target = torch.randn(2, 3, 2, 3)
+    projected: list[Tensor] = []
+    decoder.project_conv1.register_forward_hook(lambda _m, _i, out: projected.append(torch.relu(out)))
+    with torch.no_grad():
+        got = decoder(target, feats, image_size)
+        want = decoder.project_conv2(F.interpolate(projected[0], size=image_size, mode="bicubic", align_corners=False))
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5 * want.abs().max().item())
 
 
 @pytest.mark.parametrize("objects", [1, 2, 5])
