@@ -6,10 +6,6 @@ On a ZeroGPU Space the propagation runs inside `spaces.GPU`; elsewhere on CUDA w
 
 from __future__ import annotations
 
-import contextlib
-import queue
-import threading
-import time
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -17,9 +13,10 @@ from functools import partial
 
 import numpy as np
 
-from llb.inference.session import FrameResult, Session
+from llb.inference.session import Session
 from llb.video.export import Exporter, shown
 
+from .ahead import ahead
 from .models import NAMES, Models, device_name
 from .project import Project
 from .results import RunResult
@@ -35,50 +32,8 @@ except ImportError:
 
 
 __all__ = ["NAMES", "Models", "Progress", "device_name", "gpu", "propagate"]  # the app imports the models here
-_END = object()
 # per project and variant, the latest run and its session (which corrections resume)
 _SESSIONS: weakref.WeakKeyDictionary[Project, dict[str, tuple[RunResult, Session]]] = weakref.WeakKeyDictionary()
-
-
-def _on_one_thread(
-    make: Callable[[], Iterator[FrameResult]], stop: threading.Event
-) -> Iterator[tuple[FrameResult, float]]:
-    """Iterate a session's stream on its own thread, yielding (result, seconds it took).
-
-    The engine runs up to two frames ahead of the page: while Gradio encodes and sends one preview, the next
-    frame is being segmented. `stop` (or closing this iterator) ends the stream after the current frame.
-    """
-    out: queue.Queue = queue.Queue(maxsize=2)
-    halt = threading.Event()
-
-    def put(item: object) -> None:
-        while not halt.is_set():
-            with contextlib.suppress(queue.Full):
-                out.put(item, timeout=0.1)
-                return
-
-    def work() -> None:
-        try:
-            stream = make()
-            while not (stop.is_set() or halt.is_set()):
-                tick = time.perf_counter()
-                res = next(stream, None)
-                if res is None:
-                    break
-                put((res, time.perf_counter() - tick))
-            stream.close()
-            put(_END)
-        except Exception as err:
-            put(err)
-
-    threading.Thread(target=work, name="llb-propagate", daemon=True).start()
-    try:
-        while (item := out.get()) is not _END:
-            if isinstance(item, Exception):
-                raise item
-            yield item
-    finally:
-        halt.set()
 
 
 @dataclass
@@ -131,7 +86,7 @@ def propagate(project: Project, models: Models, variant: str = "llb", start: int
     with Exporter([result]) as store:  # the frames are saved on the exporter's thread
         for begin, reverse in passes:
             stream = partial(session.propagate, start=begin, reverse=reverse)
-            for res, seconds in _on_one_thread(stream, project.stop):
+            for res, seconds in ahead(stream, project.stop):
                 if (res.index == ref) if reverse else (res.index < write_from):
                     continue  # the reference (written forwards), or a frame replayed to rebuild the memory
                 busy, done = busy + seconds, done + 1
