@@ -15,6 +15,8 @@ from llb.checkpoint import load_model
 from llb.config import ModelConfig, get_config
 from llb.inference.session import FrameResult, InferenceConfig, Segmenter, Session
 from llb.network import LLBNet
+from llb.video.export import ResultWriter
+from llb.video.io import probe
 from llb.video.masks import load_mask, overlay, save_palette_png
 
 __all__ = [
@@ -22,11 +24,13 @@ __all__ = [
     "InferenceConfig",
     "LLBNet",
     "ModelConfig",
+    "ResultWriter",
     "Segmenter",
     "Session",
     "get_config",
     "load_mask",
     "load_model",
     "overlay",
+    "probe",
     "save_palette_png",
 ]

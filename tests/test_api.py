@@ -38,7 +38,7 @@ def test_example_script_tracks_a_davis_sequence(tmp_path) -> None:
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.count("frame ") == 4
+    assert (out / "overlay.mp4").stat().st_size > 0
     for t in range(4):
-        assert (out / f"{t:05d}.jpg").is_file()
-        pred, truth = read_indexed(out / f"{t:05d}.png") > 0, read_indexed(annotations / f"{t:05d}.png") > 0
+        pred, truth = read_indexed(out / "masks" / f"{t:05d}.png") > 0, read_indexed(annotations / f"{t:05d}.png") > 0
         assert np.logical_and(pred, truth).sum() / np.logical_or(pred, truth).sum() > 0.8
