@@ -18,10 +18,10 @@ def _batch_norms(module: nn.Module) -> int:
     return sum(isinstance(m, nn.BatchNorm2d) for m in module.modules())
 
 
-def _model(config: str) -> LLBNet:
+def _model(config: str, variant: str = "llb") -> LLBNet:
     """A network whose batch norms have non-trivial statistics and affine terms, so that folding shows."""
     torch.manual_seed(0)
-    model = LLBNet(get_config(config, "llb"))
+    model = LLBNet(get_config(config, variant))
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
@@ -36,9 +36,9 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> None:
     assert (a - b).abs().max() <= 1e-5 * a.abs().max()
 
 
-@pytest.mark.parametrize("config", ["lite", "paper"])
-def test_folded_network_computes_the_same_features_logits_and_labels(config):
-    model = _model(config)
+@pytest.mark.parametrize(("config", "variant"), [("lite", "llb"), ("paper", "llb"), ("lite", "joint")])
+def test_folded_network_computes_the_same_features_logits_and_labels(config, variant):
+    model = _model(config, variant)
     net = inference_network(model, CPU)
     assert {name: _batch_norms(getattr(net, name)) for name in FOLDED} == dict.fromkeys(FOLDED, 0)
     torch.manual_seed(1)
