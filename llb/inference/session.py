@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Iterator, Sequence
+from copy import deepcopy
 from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import Path
@@ -44,10 +45,12 @@ from ..video.masks import object_ids
 from .aggregate import soft_aggregate
 from .crop import CropConfig, crop_channels_last, mask_box, paste, search_region, update_box
 from .fit import fit
+from .fold import fold_batch_norms
 from .memory import MemoryBank, MemoryConfig, MemoryEntry
 from .timing import StageFn, StageTimer, untimed
 
 VideoSource = str | Path | Iterable[np.ndarray]
+FOLDED = ("backbone", "decoder", "label_generator")  # the parts whose batch norms inference folds
 REVERSE_CHUNK = 16  # frames decoded at a time when a video file or folder is read backwards
 
 
@@ -161,11 +164,24 @@ class _Step:
 
 
 class Segmenter:
-    """A network on a device with its inference settings; opens sessions on videos."""
+    """A network on a device with its inference settings; opens sessions on videos.
 
-    def __init__(self, model: LLBNet, cfg: InferenceConfig | None = None, device: str | torch.device | None = None):
+    `model` is the network the Segmenter runs: its inference form (`inference_network`), with the batch norms
+    of the backbone, the decoder and the label generator folded into their convolutions. By default that is
+    a copy, taken when the Segmenter is built, so the caller's model (a model in training, say) keeps its
+    batch norms, mode and device; build a new Segmenter after changing its weights. `copy=False` converts
+    `model` itself, for a network nobody else holds (`from_pretrained`)."""
+
+    def __init__(
+        self,
+        model: LLBNet,
+        cfg: InferenceConfig | None = None,
+        device: str | torch.device | None = None,
+        *,
+        copy: bool = True,
+    ):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model = model.eval().to(self.device)
+        self.model = inference_network(model, self.device, copy=copy)
         self.cfg = cfg or InferenceConfig()
         if self.cfg.compile:
             self.compile()
@@ -194,7 +210,7 @@ class Segmenter:
     ) -> Segmenter:
         """Load a trained checkpoint (a path, or the default of `config`/`variant`) and wrap it."""
         model = load_model(checkpoint, config=config, variant=variant, device="cpu", allow_untrained=allow_untrained)
-        return cls(model, inference, device)
+        return cls(model, inference, device, copy=False)
 
     @property
     def trained(self) -> bool:
@@ -545,6 +561,17 @@ class Session:
             group.tau = self._fit(group, cfg.update_iters, group.tau)
         with self._stage("merge"):
             group.center, group.size = update_box(merged, group.center, group.size, cfg.crop)
+
+
+def inference_network(model: LLBNet, device: torch.device, *, copy: bool = True) -> LLBNet:
+    """`model` (a copy of it unless `copy=False`) in eval mode on `device`, with every conv + batch norm pair
+    of its backbone, decoder and label generator folded into one convolution (`fold_batch_norms`): the same
+    function up to float rounding, without the batch norms' passes over the feature maps."""
+    net = deepcopy(model) if copy else model
+    net.eval().to(device)
+    for name in FOLDED:
+        fold_batch_norms(getattr(net, name))
+    return net
 
 
 def resolve_device(name: str) -> torch.device:
