@@ -185,11 +185,15 @@ def gate_means(result: RunResult) -> list[tuple[int, str, float]]:
     return rows
 
 
+def gate_channel_count(result: RunResult) -> int:
+    """D, the channels of the run's gates (0 for a run without gates)."""
+    first = next((maps for frame in result.gates.values() for maps in frame.values()), None)
+    return 0 if first is None else first.shape[1]
+
+
 def gate_choices(result: RunResult) -> list[str]:
     """What the heat maps can show: the most varying channel (the default), the mean, or channel 0..D-1."""
-    first = next((maps for frame in result.gates.values() for maps in frame.values()), None)
-    channels = 0 if first is None else first.shape[1]
-    return [MOST_VARIED, CHANNEL_MEAN, *(f"channel {c}" for c in range(channels))]
+    return [MOST_VARIED, CHANNEL_MEAN, *(f"channel {c}" for c in range(gate_channel_count(result)))]
 
 
 def _shown_channel(gate: np.ndarray, shown: str) -> tuple[np.ndarray, str]:
@@ -234,9 +238,9 @@ def gate_heatmaps(
     maps = result.gates.get(index)
     if not maps:
         return None
-    channels = next(iter(maps.values())).shape[1]
     if shown not in gate_choices(result):
-        raise ValueError(f"the heat maps show {MOST_VARIED}, {CHANNEL_MEAN} or a channel 0..{channels - 1}")
+        last = gate_channel_count(result) - 1
+        raise ValueError(f"the heat maps show {MOST_VARIED}, {CHANNEL_MEAN} or a channel 0..{last}")
     rows = []
     for object_id, gates in sorted(maps.items()):
         h, w = gates.shape[2:]
@@ -263,7 +267,7 @@ def gate_channels(result: RunResult, names: dict[int, str], width: int = 320, ro
         return None
     first, last = min(result.gates), max(result.gates)
     objects = sorted({i for maps in result.gates.values() for i in maps})
-    channels = next(iter(next(iter(result.gates.values())).values())).shape[1]
+    channels = gate_channel_count(result)
     left, top, bottom = 30, 26, 30  # margins: channel numbers, title, frame axis
     grid = (max(width - left - 4, last - first + 1), channels * row)  # (w, h) of the cells
     width = left + grid[0] + 4
