@@ -1,6 +1,5 @@
-"""Running LLB (or the JOINT-style baseline) on a project through a `Session`: streamed progress, stop on
-request, results saved as they stream; a correction resumes the session of the run it corrects. On a ZeroGPU
-Space the propagation runs inside `spaces.GPU`; elsewhere on CUDA when there is one, else CPU."""
+"""Running LLB (or the JOINT-style baseline) on a project through `Session.track`: streamed progress, stop on
+request, results saved as they stream. On a ZeroGPU Space inside `spaces.GPU`; elsewhere CUDA if any, else CPU."""
 
 from __future__ import annotations
 
@@ -74,9 +73,8 @@ def propagate(project: Project, models: Models, variant: str = "llb", start: int
             store.write(res.frame, res.labels, f"{res.index:05d}", res.probs, res.object_ids)
             if res.gates:
                 result.gates[res.index] = res.gates
-            speed = f"{done / max(busy, 1e-6):.1f} frames/s on {result.device}"
-            preview = shown(res.frame, res.labels, result.warning)
-            yield Progress(done, total, res.index, preview, f"frame {res.index} ({done}/{total}) · {speed}")
+            message = f"frame {res.index} ({done}/{total}) · {done / max(busy, 1e-6):.1f} frames/s on {result.device}"
+            yield Progress(done, total, res.index, shown(res.frame, res.labels, result.warning), message)
     _SESSIONS.setdefault(project, {})[variant] = (result, session)
     result.stopped, result.fps = project.stop.is_set(), done / max(busy, 1e-6)
     state = "stopped" if result.stopped else "done"
