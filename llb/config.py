@@ -14,7 +14,7 @@ from typing import Any, Literal
 LabelInput = Literal["mask", "bff"]
 LabelEncoder = Literal["cnn", "transformer", "efficientnet"]
 Fusion = Literal["afm", "sum"]
-BackboneName = Literal["resnet50", "efficientnet_lite2"]
+BackboneName = Literal["resnet50", "efficientnet_lite2", "tiny"]
 
 
 @dataclass
@@ -69,7 +69,7 @@ class DecoderConfig:
 
 @dataclass
 class ModelConfig:
-    """The whole network. `name` is the configuration (paper|lite), `variant` the fusion family (llb|joint)."""
+    """The whole network. `name` is the configuration (paper|lite|tiny), `variant` the fusion family (llb|joint)."""
 
     name: str = "paper"
     variant: str = "llb"
@@ -160,7 +160,27 @@ def lite_config(variant: str = "llb") -> ModelConfig:
     raise ValueError(f"unknown variant {variant!r}: choose llb or joint")
 
 
-CONFIGS = {"paper": paper_config, "lite": lite_config}
+def tiny_config(variant: str = "llb") -> ModelConfig:
+    """A network that builds and runs in a blink, with random weights and nothing to load: for tests and smoke
+    runs of the plumbing (sessions, the app, exports), never for accuracy. The tiny backbone, C = 32, D = 8 and
+    16-channel decoder levels; both variants encode their label input with JOINT's small CNN, so `llb` differs
+    from `joint` in the BFF input and AFM."""
+    if variant not in ("llb", "joint"):
+        raise ValueError(f"unknown variant {variant!r}: choose llb or joint")
+    joint = variant == "joint"
+    return ModelConfig(
+        name="tiny",
+        variant=variant,
+        backbone=BackboneConfig(name="tiny", stride_in_1x1=False, pretrained=False),
+        feature_dim=32,
+        label=LabelConfig(input="mask" if joint else "bff", encoder="cnn", dim=8),
+        transduction=TransductionConfig(key_dim=16),
+        fusion="sum" if joint else "afm",
+        decoder=DecoderConfig(widths=(16, 16, 16, 16), project_dim=8),
+    )
+
+
+CONFIGS = {"paper": paper_config, "lite": lite_config, "tiny": tiny_config}
 VARIANTS = ("llb", "joint")
 
 # The rows of the paper's Tables 3 and 4: (label input, label encoder, fusion). `dlgm` is the configuration's
@@ -176,7 +196,7 @@ ABLATIONS: dict[str, tuple[LabelInput, str, Fusion]] = {
 
 
 def get_config(name: str = "lite", variant: str = "llb") -> ModelConfig:
-    """Named configuration (`paper` or `lite`) with its `llb` or `joint` variant, or one of the paper's ablation
+    """Named configuration (`paper`, `lite` or `tiny`) with its `llb` or `joint` variant, or one of the paper's ablation
     rows (`llb-1` .. `llb-4`, ABLATIONS): the `llb` network with the row's label input, encoder and fusion."""
     if name not in CONFIGS:
         raise ValueError(f"unknown configuration {name!r}: choose one of {', '.join(CONFIGS)}")

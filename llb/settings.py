@@ -91,6 +91,7 @@ class Settings:
     max_frame_mb: int  # LLB_MAX_FRAME_MB
     max_objects: int | None  # LLB_MAX_OBJECTS (5 on CPU, 20 on CUDA)
     crop_size: tuple[int, int] | None  # LLB_CROP_SIZE as (H, W) (432x240 on CPU, 832x480 on CUDA)
+    app_config: str  # LLB_APP_CONFIG: the app's network configuration (lite; tiny for tests)
     allow_untrained: bool  # LLB_ALLOW_UNTRAINED: development only
     examples_dir: Path  # LLB_EXAMPLES_DIR (default $LLB_SHARED/examples)
     examples_repo: str | None  # LLB_EXAMPLES_REPO: Hub dataset with the example clips
@@ -127,6 +128,7 @@ def from_env() -> Settings:
         max_frame_mb=number("LLB_MAX_FRAME_MB", 64),
         max_objects=_int("LLB_MAX_OBJECTS"),
         crop_size=_size("LLB_CROP_SIZE"),
+        app_config=_text("LLB_APP_CONFIG") or "lite",
         allow_untrained=_flag("LLB_ALLOW_UNTRAINED"),
         examples_dir=_path("LLB_EXAMPLES_DIR") or shared / "examples",
         examples_repo=_text("LLB_EXAMPLES_REPO"),

@@ -1,6 +1,7 @@
 """The app's handlers called directly (as Gradio calls them), then the app served in-process and driven
-through gradio_client. A seeded untrained checkpoint stands in for the trained one (LLB_ALLOW_UNTRAINED=1),
-so every output must carry the UNTRAINED stamp; clips are tiny and generated here."""
+through gradio_client. A seeded untrained checkpoint of the tiny network stands in for the trained one
+(LLB_APP_CONFIG=tiny, LLB_ALLOW_UNTRAINED=1), so every output must carry the UNTRAINED stamp; clips are tiny
+and generated here."""
 
 from __future__ import annotations
 
@@ -81,14 +82,16 @@ def imported_app(env: dict[str, str]) -> Iterator[Any]:
 
 
 def app_env(root: Path) -> dict[str, str]:
-    """Environment of a test app: seeded untrained checkpoints of both variants, tiny limits."""
+    """Environment of a test app: seeded untrained checkpoints of both variants of the tiny network, tiny
+    limits."""
     ckpt = root / "ckpt"
     for variant in ("llb", "joint"):
-        path = ckpt / f"lite-{variant}.safetensors"
+        path = ckpt / f"tiny-{variant}.safetensors"
         if not path.exists():
             torch.manual_seed(0)
-            save_checkpoint(LLBNet(get_config("lite", variant)), path, trained=False)
+            save_checkpoint(LLBNet(get_config("tiny", variant)), path, trained=False)
     return {
+        "LLB_APP_CONFIG": "tiny",
         "LLB_CHECKPOINT_DIR": str(ckpt),
         "LLB_ALLOW_UNTRAINED": "1",
         "LLB_CROP_SIZE": "160x96",

@@ -127,6 +127,22 @@ def test_efficientnet_lite2_features_and_freezing():
         assert feat.shape == (1, backbone.channels[name], 256 // stride, 448 // stride)
 
 
+def test_the_tiny_backbone_has_the_four_levels_and_folds():
+    """The `tiny` configuration's backbone: the interface of the real ones (levels, strides, freezing), and
+    batch norms that inference folds, so a tiny network runs the same code path."""
+    from llb.config import get_config
+    from llb.inference.fold import conv_bn_pairs
+
+    backbone = bb.build_backbone(get_config("tiny").backbone)
+    assert isinstance(backbone, bb.TinyBackbone) and len(conv_bn_pairs(backbone)) == 5
+    backbone.train()
+    assert not any(p.requires_grad for p in backbone.parameters())
+    with torch.no_grad():
+        out = backbone(backbone.normalize(torch.full((1, 3, 64, 128), 127.5)))
+    for (name, feat), stride in zip(out.items(), (4, 8, 16, 32), strict=True):
+        assert feat.shape == (1, backbone.channels[name], 64 // stride, 128 // stride)
+
+
 def test_unfrozen_backbone_trains():
     backbone = bb.build_backbone(BackboneConfig(name="resnet50", frozen=False))
     backbone.train()

@@ -20,7 +20,7 @@ H, W = 96, 128
 @pytest.fixture(scope="module")
 def segmenter():
     torch.manual_seed(0)
-    model = LLBNet(get_config("lite", "llb"))
+    model = LLBNet(get_config("tiny", "llb"))  # random weights: these tests check the plumbing, not accuracy
     cfg = InferenceConfig(crop=CropConfig(size=(64, 112)), init_iters=5, update_iters=2, return_gates=True)
     return Segmenter(model, cfg, device="cpu")
 
@@ -102,7 +102,7 @@ def _rss_mb() -> tuple[float, float]:
 def test_memory_stays_flat_over_a_long_video():
     """100 vs 300 frames: the memory bank is bounded and nothing else accumulates."""
     torch.manual_seed(0)
-    model = LLBNet(get_config("lite", "joint"))
+    model = LLBNet(get_config("tiny", "joint"))
     cfg = InferenceConfig(
         crop=CropConfig(size=(64, 112)), init_iters=3, update_iters=1, memory=MemoryConfig(interval=2)
     )
@@ -247,3 +247,51 @@ def test_remove_object_keeps_the_others_memory(segmenter):
     assert group.ids == [1] and group.center.shape == (1, 2) and group.memory.stacked("e1").shape[1] == 1
     with pytest.raises(ValueError, match="no object 2"):
         session.remove_object(2)
+
+
+def test_track_gives_each_frame_once_both_ways_from_the_reference(segmenter):
+    """`track` from a middle reference is what the app's engine did with two streams: forwards from the
+    reference, then backwards without the reference again; `total` counts what it yields, and
+    `backward_first` changes only the order."""
+    frames = list(_frames(9))
+    mask = _square_mask(x=24)
+    old = segmenter.start(frames)
+    old.add_mask(4, mask)
+    expected = list(old.propagate(start=4)) + [r for r in old.propagate(start=4, reverse=True) if r.index != 4]
+
+    session = segmenter.start(frames)
+    session.add_mask(4, mask)
+    run = session.track(4)
+    results = list(run)
+    assert [r.index for r in results] == [4, 5, 6, 7, 8, 3, 2, 1, 0] and run.total == 9
+    _same(results, expected)
+    other = segmenter.start(frames)
+    other.add_mask(4, mask)
+    _same(list(other.track(4, backward_first=True)), expected[5:] + expected[:5])
+
+
+def test_track_from_a_correction_yields_only_the_frames_from_it(segmenter, monkeypatch):
+    """A re-track from a corrected frame: the session of the first run resumes there (no frame is tracked
+    again); a new session tracks from the reference again but yields only from the correction on, alike."""
+    frames = list(_frames(10))
+    first, fix = _square_mask(x=22), _square_mask(x=27)
+    session = segmenter.start(frames, history=True)
+    session.add_mask(2, first)
+    assert [r.index for r in session.track(2)] == [*range(2, 10), 1, 0]
+    session.add_mask(6, fix)
+    steps = []
+    step = session._step
+    monkeypatch.setattr(session, "_step", lambda *a: steps.append(a[1]) or step(*a))
+    run = session.track(2, start=6)
+    resumed = list(run)
+    assert steps == [6, 7, 8, 9] and [r.index for r in resumed] == steps and run.total == 4
+    assert np.array_equal(resumed[0].labels, fix)
+
+    fresh = segmenter.start(frames)
+    fresh.set_prompts({2: first, 6: fix})
+    replayed = list(fresh.track(2, start=6))
+    assert [r.index for r in replayed] == [6, 7, 8, 9]
+    for x, y in zip(resumed, replayed, strict=True):  # the memory re-encoded afresh: float rounding
+        np.testing.assert_allclose(x.probs, y.probs, atol=5e-4)
+    with pytest.raises(ValueError, match="after the reference frame"):
+        session.track(2, start=1)

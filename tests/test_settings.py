@@ -16,7 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    for name in ("LLB_SHARED", "LLB_DATA", "LLB_CHECKPOINT_DIR", "LLB_HUB_REPO", "LLB_EXAMPLES_DIR", "LLB_CROP_SIZE"):
+    names = ("LLB_SHARED", "LLB_DATA", "LLB_CHECKPOINT_DIR", "LLB_HUB_REPO", "LLB_EXAMPLES_DIR", "LLB_CROP_SIZE")
+    for name in (*names, "LLB_APP_CONFIG"):
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
 
@@ -28,7 +29,7 @@ def test_the_checkout_finds_its_checkpoints_and_the_shared_folder_beside_it(clea
     assert env.checkpoints == REPO / "checkpoints" and LOCAL_DIRS == (REPO / "checkpoints",)
     assert env.shared == REPO.parent / "shared" and env.data == REPO.parent / "shared" / "data"
     assert env.examples_dir == REPO.parent / "shared" / "examples"
-    assert env.checkpoint_dir is None and env.hub_repo == "llb-vos/llb-checkpoints"
+    assert env.checkpoint_dir is None and env.hub_repo == "llb-vos/llb-checkpoints" and env.app_config == "lite"
 
 
 def test_the_variables_override_the_defaults(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -36,7 +37,9 @@ def test_the_variables_override_the_defaults(clean_env: pytest.MonkeyPatch, tmp_
     clean_env.setenv("LLB_CHECKPOINT_DIR", str(tmp_path / "c"))
     clean_env.setenv("LLB_HUB_REPO", "me/mine")
     clean_env.setenv("LLB_CROP_SIZE", "432x240")
+    clean_env.setenv("LLB_APP_CONFIG", "tiny")
     env = settings.from_env()
+    assert env.app_config == "tiny"
     assert env.shared == tmp_path / "s" and env.data == tmp_path / "s" / "data"
     assert env.checkpoint_dir == tmp_path / "c" and env.hub_repo == "me/mine"
     assert env.crop_size == (240, 432)

@@ -1,6 +1,8 @@
 """The public inference API: a `Segmenter` holds a network; `Segmenter.start(video)` opens a `Session`; masks
 are added on any frame; `Session.propagate()` streams one `FrameResult` per frame, forwards from a frame or
-(`reverse=True`) backwards to frame 0; objects can be removed.
+(`reverse=True`) backwards to frame 0; objects can be removed. `Session.track(reference)` runs both directions
+from a reference frame, or re-tracks from a corrected frame after it, giving each frame once (the app's run and
+`llb segment` are this call).
 
 The session owns time. Each direction of travel keeps its own tracking state, and a propagation resumes from
 the state this session holds nearest before its start: where the last one in that direction ended, or, with
@@ -27,7 +29,7 @@ first frame). When frames join or leave the memory its encoding is updated, not 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from copy import deepcopy
 from dataclasses import dataclass, field, replace
 from itertools import islice
@@ -97,6 +99,18 @@ class FrameResult:
     probs: np.ndarray
     object_ids: list[int]
     gates: dict[int, np.ndarray] | None = None
+
+
+@dataclass
+class Tracking:
+    """A `Session.track` run: iterating it tracks and yields each frame's result once; `total` is how many that
+    will be (None where the video's length is unknown: a one-pass iterator)."""
+
+    total: int | None
+    stream: Callable[[], Iterator[FrameResult]]
+
+    def __iter__(self) -> Iterator[FrameResult]:
+        return self.stream()
 
 
 @dataclass
@@ -244,6 +258,13 @@ class Session:
         return sorted({i for labels in self.prompts.values() for i in object_ids(labels)})
 
     @property
+    def num_frames(self) -> int | None:
+        """The video's length; None for a one-pass iterator of frames."""
+        if self.info is not None:
+            return self.info.num_frames
+        return len(self.video) if isinstance(self.video, Sequence | np.ndarray) else None
+
+    @property
     def groups(self) -> list[_Group]:
         """The object groups of the latest propagation's direction, as they stand."""
         return self._tracks[self._reverse].live
@@ -385,12 +406,48 @@ class Session:
             if self.timer is not None:
                 self.timer.end_frame()
 
-    def _resume(self, track: _Track, start: int, ahead: int) -> tuple[int, list[_Group]]:
-        """The frame to track from and the groups to track with, for a propagation from `start`."""
+    def track(self, reference: int, start: int | None = None, *, backward_first: bool = False) -> Tracking:
+        """Track the objects from the masks on `reference` forwards to the end and backwards to frame 0 (forwards
+        first, or with `backward_first` backwards first), yielding each frame once: the reference on the way
+        forwards.
+
+        With `start` (a corrected frame after the reference) only the frames from `start` on are tracked again
+        and yielded: from the state this session holds between the reference and `start` (with `history`, the
+        memory built up to `start`), or else from the reference, tracking the frames before `start` again
+        without yielding them (they rebuild the memory).
+        """
+        start = reference if start is None else start
+        if start < reference:
+            raise ValueError(f"a re-track starts after the reference frame ({reference}), not at frame {start}")
+        ways = [False] + ([True] if start == reference and reference > 0 else [])  # by `reverse`
+        n = self.num_frames
+        total = None if n is None else n - start + (reference if start == reference else 0)
+
+        def stream() -> Iterator[FrameResult]:
+            for reverse in ways[::-1] if backward_first else ways:
+                if reverse:
+                    for result in self.propagate(start=reference, reverse=True):
+                        if result.index < reference:  # the reference came forwards
+                            yield result
+                    continue
+                held = any(reference <= f <= start for f in self._states(self._tracks[False]))
+                for result in self.propagate(start=start if held else reference, reverse=False):
+                    if result.index >= start:  # the frames before only rebuild the memory
+                        yield result
+
+        return Tracking(total, stream)
+
+    def _states(self, track: _Track) -> dict[int, list[_Group]]:
+        """The states a propagation in `track`'s direction can resume from, by the frame they come before: the
+        kept ones and the live one; a state without objects only on a frame with masks (a start)."""
         states = dict(track.saved)
         if track.next is not None:
             states[track.next] = track.live
-        states = {f: g for f, g in states.items() if g or f in self.prompts}  # no objects: only a start with masks
+        return {f: g for f, g in states.items() if g or f in self.prompts}
+
+    def _resume(self, track: _Track, start: int, ahead: int) -> tuple[int, list[_Group]]:
+        """The frame to track from and the groups to track with, for a propagation from `start`."""
+        states = self._states(track)
         behind = [f for f in states if (start - f) * ahead >= 0]
         if behind:
             frame = max(behind, key=lambda f: f * ahead)

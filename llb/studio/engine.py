@@ -1,15 +1,11 @@
-"""Running LLB (or the JOINT-style baseline) on a project through a `Session`: streamed progress, stop on
-request, results saved as they stream; a correction resumes the session of the run it corrects.
-
-On a ZeroGPU Space the propagation runs inside `spaces.GPU`; elsewhere on CUDA when there is one, else CPU.
-"""
+"""Running LLB (or the JOINT-style baseline) on a project through `Session.track`: streamed progress, stop on
+request, results saved as they stream. On a ZeroGPU Space inside `spaces.GPU`; elsewhere CUDA if any, else CPU."""
 
 from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from functools import partial
 
 import numpy as np
 
@@ -48,54 +44,37 @@ class Progress:
     result: RunResult | None = None  # set on the last step
 
 
-def _session(project: Project, variant: str, previous: RunResult | None) -> Session | None:
-    """The session that made `previous`, holding the memory at every frame it passed; None when this process
-    has none (on ZeroGPU each run may be another worker)."""
-    kept = _SESSIONS.get(project, {}).get(variant)
-    return kept[1] if kept is not None and kept[0] is previous else None
-
-
 @gpu
 def propagate(project: Project, models: Models, variant: str = "llb", start: int | None = None) -> Iterator[Progress]:
-    """Track the project's objects from the reference frame, forward to the end and back to frame 0.
-
-    With `start` (a corrected frame after the reference), the frames before it keep the previous result and the
-    session of that run resumes at `start` with the memory it had built there (where this process no longer
-    holds it, a new session replays the frames before `start`, without writing). `project.stop` ends the run
-    early; what was done is kept. The last Progress carries the result.
-    """
+    """Track the project's objects both ways from the reference frame (`Session.track`), saving each frame as it
+    comes. With `start` (a corrected later frame) the frames before it keep the previous result and that run's
+    session resumes at `start` (a new one, where this process holds none, replays the frames before it).
+    `project.stop` ends the run early, keeping what was done; the last Progress carries the result."""
     clip, prompts, ref = project.require_clip(), project.prompts(), project.reference
     if ref not in prompts:
         raise ValueError(f"define at least one object on the reference frame ({ref}) first: click it or paint it")
     segmenter = models.get(variant)
     previous = project.result if variant == "llb" else project.compare.get(variant)
-    write_from = ref if start is None else start
-    if write_from != ref and (previous is None or write_from not in prompts):
+    start = ref if start is None else start
+    if start != ref and (previous is None or start not in prompts):
         raise ValueError("run once, then correct a later frame before propagating from it")
-    kept = _session(project, variant, previous) if write_from != ref else None
-    session = kept or segmenter.start(clip.folder, history=True)
+    made, kept = _SESSIONS.get(project, {}).get(variant, (None, None))  # none on another ZeroGPU worker
+    session = kept if start != ref and made is previous else segmenter.start(clip.folder, history=True)
     session.set_prompts(prompts)
+    run = session.track(ref, start)
     result = RunResult.create(project.workdir, variant, segmenter.trained, device_name())
-    if write_from != ref:
-        result.copy_before(previous, write_from)
-    # forwards (from the reference where a new session must replay up to `write_from`), then backwards
-    passes = [(write_from if kept else ref, False)] + ([(ref, True)] if write_from == ref and ref > 0 else [])
-    total = clip.num_frames - write_from + (ref if write_from == ref else 0)
-    done, busy = 0, 0.0
+    if start != ref:
+        result.copy_before(previous, start)
+    done, busy, total = 0, 0.0, run.total
     project.stop.clear()
     with Exporter([result]) as store:  # the frames are saved on the exporter's thread
-        for begin, reverse in passes:
-            stream = partial(session.propagate, start=begin, reverse=reverse)
-            for res, seconds in ahead(stream, project.stop):
-                if (res.index == ref) if reverse else (res.index < write_from):
-                    continue  # the reference (written forwards), or a frame replayed to rebuild the memory
-                busy, done = busy + seconds, done + 1
-                store.write(res.frame, res.labels, f"{res.index:05d}", res.probs, res.object_ids)
-                if res.gates:
-                    result.gates[res.index] = res.gates
-                speed = f"{done / max(busy, 1e-6):.1f} frames/s on {result.device}"
-                preview = shown(res.frame, res.labels, result.warning)
-                yield Progress(done, total, res.index, preview, f"frame {res.index} ({done}/{total}) · {speed}")
+        for res, seconds in ahead(run.stream, project.stop):
+            busy, done = busy + seconds, done + 1
+            store.write(res.frame, res.labels, f"{res.index:05d}", res.probs, res.object_ids)
+            if res.gates:
+                result.gates[res.index] = res.gates
+            message = f"frame {res.index} ({done}/{total}) · {done / max(busy, 1e-6):.1f} frames/s on {result.device}"
+            yield Progress(done, total, res.index, shown(res.frame, res.labels, result.warning), message)
     _SESSIONS.setdefault(project, {})[variant] = (result, session)
     result.stopped, result.fps = project.stop.is_set(), done / max(busy, 1e-6)
     state = "stopped" if result.stopped else "done"

@@ -37,7 +37,7 @@ class Models:
     def problem(self, variant: str) -> str | None:
         """None when `variant` can run; otherwise what is missing and what to do about it."""
         if variant not in self._problems:
-            key = get_config("lite", variant).key
+            key = get_config(self.settings.config, variant).key
             try:
                 resolve_checkpoint(key)
                 self._problems[variant] = None
@@ -62,7 +62,7 @@ class Models:
             if variant not in self._segmenters:
                 inference = InferenceConfig(crop=CropConfig(size=self.settings.crop_size), return_gates=True)
                 self._segmenters[variant] = Segmenter.from_pretrained(
-                    config="lite",
+                    config=self.settings.config,
                     variant=variant,
                     allow_untrained=self.settings.allow_untrained,
                     inference=inference,

@@ -25,6 +25,7 @@ class Settings:
     max_frame_mb: int  # a zip member (one frame) may unpack to at most this
     max_objects: int  # objects tracked in one run (each costs a pass per frame)
     crop_size: tuple[int, int]  # processing size (H, W) of the network's search region
+    config: str  # the networks' configuration (lite; tiny in the tests)
     allow_untrained: bool  # development only: run a network without trained weights, outputs stamped
     examples_dir: Path
     examples_repo: str | None  # Hub dataset with the example clips, for a Space without the local folder
@@ -49,6 +50,7 @@ class Settings:
             max_frame_mb=env.max_frame_mb,
             max_objects=pick(env.max_objects, 20 if gpu else 5),
             crop_size=env.crop_size or ((480, 832) if gpu else (240, 432)),
+            config=env.app_config,
             allow_untrained=env.allow_untrained,
             examples_dir=env.examples_dir,
             examples_repo=env.examples_repo,
