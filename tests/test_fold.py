@@ -6,9 +6,9 @@ import torch
 from torch import nn
 
 from llb.config import get_config
+from llb.inference import session as session_module
 from llb.inference.crop import CropConfig
 from llb.inference.fold import conv_bn_pairs
-from llb.inference import session as session_module
 from llb.inference.memory import MemoryConfig
 from llb.inference.session import AUTOCAST, FOLDED, InferenceConfig, Segmenter, inference_network
 from llb.network import LLBNet
