@@ -10,10 +10,10 @@ from torchvision.ops import roi_align
 from llb.config import DecoderConfig, InductionConfig
 from llb.data import sampler
 from llb.decoder import LEVELS, SegmentationDecoder, upsample, upsample2x, upsample2x_conv3x3
-from llb.induction import FewShotLearner, LearnerMemory, apply_filter
+from llb.induction import FewShotLearner, LearnerMemory, apply_filter, filter_gradient
 from llb.inference.aggregate import soft_aggregate
 from llb.inference.crop import CropConfig, crop_channels_last, mask_box, paste, search_region, update_box
-from llb.inference.fit import fit
+from llb.inference.fit import fit, weight_gradient
 from llb.inference.memory import MemoryBank, MemoryConfig, MemoryEntry
 from llb.inference.session import _argmax0
 
@@ -329,3 +329,16 @@ def test_fit_carrying_the_output_matches_the_learner_over_a_growing_memory(weigh
         torch.testing.assert_close(tau, tau_ref, rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(out, apply_filter(feat[frames], tau_ref), rtol=1e-4, atol=1e-5)
     assert tau_ref.abs().max() > 1e-3  # the fit moved tau
+
+
+@pytest.mark.parametrize(("frames", "objects"), [(1, 1), (4, 1), (3, 2)])
+def test_weight_gradient_is_the_learners_filter_gradient(frames: int, objects: int) -> None:
+    """The fit's gradient through the convolution's weight-gradient kernel equals `filter_gradient`."""
+    g = torch.Generator().manual_seed(frames)
+    feat, residual = (
+        torch.randn(frames, objects, 16, 9, 11, generator=g),
+        torch.randn(frames, objects, 4, 9, 11, generator=g),
+    )
+    with torch.inference_mode():
+        got = weight_gradient(feat, residual, 3)
+    torch.testing.assert_close(got, filter_gradient(feat, residual, 3), rtol=1e-5, atol=1e-5)
