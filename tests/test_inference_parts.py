@@ -13,7 +13,7 @@ from llb.decoder import LEVELS, SegmentationDecoder, upsample, upsample2x, upsam
 from llb.induction import FewShotLearner, LearnerMemory, apply_filter, filter_gradient
 from llb.inference.aggregate import soft_aggregate
 from llb.inference.crop import CropConfig, crop_channels_last, mask_box, paste, search_region, update_box
-from llb.inference.fit import fit, weight_gradient
+from llb.inference.fit import channels_last_features, fit, weight_gradient
 from llb.inference.memory import MemoryBank, MemoryConfig, MemoryEntry
 from llb.inference.session import _argmax0
 
@@ -342,3 +342,20 @@ def test_weight_gradient_is_the_learners_filter_gradient(frames: int, objects: i
     with torch.inference_mode():
         got = weight_gradient(feat, residual, 3)
     torch.testing.assert_close(got, filter_gradient(feat, residual, 3), rtol=1e-5, atol=1e-5)
+
+
+def test_channels_last_features_are_the_same_values_in_the_fits_fast_layout() -> None:
+    """Float32 copies of the features whose per-frame 4-D view is channels-last without a copy; the fit on them
+    gives what it gives on contiguous features, up to float rounding."""
+    torch.manual_seed(0)
+    learner = FewShotLearner(InductionConfig(), feature_dim=8, label_dim=4)
+    feat, label, weight = torch.randn(3, 2, 8, 6, 7), torch.randn(3, 2, 4, 6, 7), torch.rand(3, 2, 4, 6, 7) + 0.5
+    laid = channels_last_features(feat.bfloat16())
+    assert laid.dtype == torch.float32 and torch.equal(laid, feat.bfloat16().float())
+    frames = laid.reshape(3, 16, 6, 7)
+    assert frames.data_ptr() == laid.data_ptr() and frames.is_contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        tau, out = fit(learner, laid, label, weight, 5, None, [None] * 3)
+        tau_ref, out_ref = fit(learner, feat.bfloat16().float(), label, weight, 5, None, [None] * 3)
+    torch.testing.assert_close(tau, tau_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out, out_ref, rtol=1e-5, atol=1e-6)

@@ -12,7 +12,8 @@ relative after a whole video's fits).
 The gradient (`filter_gradient`, a convolution with the memory's frames as channels and 15x27 kernels) runs
 as what it is, the weight gradient of the target model's convolution (`aten.convolution_backward`), whose
 oneDNN kernel takes 31 instead of 58 ms at 20 memory frames (1 thread, float32, 512 x 15 x 27 features).
-Training keeps `filter_gradient`, which autograd differentiates.
+Training keeps `filter_gradient`, which autograd differentiates. Both convolutions run about a fifth faster on
+features stored channels-last (`channels_last_features`): 28 -> 23 and 31 -> 25 ms at 20 memory frames.
 """
 
 from __future__ import annotations
@@ -83,3 +84,12 @@ def weight_gradient(feat: Tensor, residual: Tensor, filter_size: int) -> Tensor:
         (False, True, False),
     )
     return grad.reshape(b, d, c, filter_size, filter_size)
+
+
+def channels_last_features(feat: Tensor) -> Tensor:
+    """The memory's learner features (N, B, C, h, w), any float dtype, as float32 stored channels-last per frame
+    (strides of an (N, B*C, h, w) channels-last tensor): the layout in which oneDNN runs the fit's convolutions
+    fastest; `apply_filter` and `weight_gradient` reshape it to that 4-D view without a copy."""
+    n, b, c, h, w = feat.shape
+    frames = feat.reshape(n, b * c, h, w).to(torch.float32, memory_format=torch.channels_last)
+    return frames.view(n, b, c, h, w)

@@ -44,7 +44,7 @@ from ..video.io import VideoError, iter_frames, probe
 from ..video.masks import object_ids
 from .aggregate import soft_aggregate
 from .crop import CropConfig, crop_channels_last, mask_box, paste, search_region, update_box
-from .fit import fit
+from .fit import channels_last_features, fit
 from .fold import cast_weights, fold_batch_norms
 from .memory import MemoryBank, MemoryConfig, MemoryEntry
 from .timing import StageFn, StageTimer, untimed
@@ -500,7 +500,7 @@ class Session:
         with self._stage("learner"), torch.autocast(self.segmenter.device.type, enabled=False):
             tau, out = fit(
                 self.segmenter.model.learner,
-                mem.stacked("learner").float(),
+                channels_last_features(mem.stacked("learner")),
                 mem.stacked("e2").float(),
                 mem.stacked("weight").float(),
                 iters,
