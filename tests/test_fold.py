@@ -6,9 +6,11 @@ import torch
 from torch import nn
 
 from llb.config import get_config
+from llb.inference import session as session_module
 from llb.inference.crop import CropConfig
 from llb.inference.fold import conv_bn_pairs
-from llb.inference.session import FOLDED, InferenceConfig, Segmenter, inference_network
+from llb.inference.memory import MemoryConfig
+from llb.inference.session import AUTOCAST, FOLDED, InferenceConfig, Segmenter, inference_network
 from llb.network import LLBNet
 
 CPU = torch.device("cpu")
@@ -95,3 +97,31 @@ def test_copy_false_folds_the_given_model_itself():
     model = _model("lite")
     assert Segmenter(model, device="cpu", copy=False).model is model
     assert all(_batch_norms(getattr(model, name)) == 0 for name in FOLDED)
+
+
+@pytest.mark.parametrize("config", ["lite", "paper"])
+def test_weights_kept_in_bf16_give_the_same_bits_as_autocast_casting_them(config, monkeypatch):
+    """Where bf16 autocast is on, the parts that run under it keep bf16 weights: the session's probabilities are
+    bit for bit those of the float32 weights cast at each call."""
+    monkeypatch.setattr(session_module, "native_bf16", lambda device: True)
+    model = _model(config)
+    cfg = InferenceConfig(
+        crop=CropConfig(size=(64, 112)), init_iters=3, update_iters=1, memory=MemoryConfig(interval=2)
+    )
+    frames = np.random.default_rng(0).integers(0, 255, (5, 96, 128, 3), dtype=np.uint8)
+    first = np.zeros((96, 128), np.uint8)
+    first[30:60, 40:80] = 1
+
+    def probs(seg: Segmenter) -> list[np.ndarray]:
+        session = seg.start(list(frames))
+        session.add_mask(0, first)
+        return [r.probs for r in session.propagate()]
+
+    cast = Segmenter(model, cfg, device="cpu")
+    dtypes = {p.dtype for name in AUTOCAST for p in getattr(cast.model, name).parameters()}
+    assert torch.bfloat16 in dtypes and cast.model.decoder.project_conv2.weight.dtype == torch.float32
+    assert cast.model.learner.filter_reg.dtype == torch.float32  # the learner fits in float32
+    plain = Segmenter(model, cfg, device="cpu")
+    plain.model = inference_network(model, CPU)
+    for a, b in zip(probs(cast), probs(plain), strict=True):
+        assert np.array_equal(a, b)

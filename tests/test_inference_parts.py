@@ -10,10 +10,10 @@ from torchvision.ops import roi_align
 from llb.config import DecoderConfig, InductionConfig
 from llb.data import sampler
 from llb.decoder import LEVELS, SegmentationDecoder, upsample, upsample2x, upsample2x_conv3x3
-from llb.induction import FewShotLearner, LearnerMemory, apply_filter
+from llb.induction import FewShotLearner, LearnerMemory, apply_filter, filter_gradient
 from llb.inference.aggregate import soft_aggregate
 from llb.inference.crop import CropConfig, crop_channels_last, mask_box, paste, search_region, update_box
-from llb.inference.fit import fit
+from llb.inference.fit import channels_last_features, fit, weight_gradient
 from llb.inference.memory import MemoryBank, MemoryConfig, MemoryEntry
 from llb.inference.session import _argmax0
 
@@ -329,3 +329,33 @@ def test_fit_carrying_the_output_matches_the_learner_over_a_growing_memory(weigh
         torch.testing.assert_close(tau, tau_ref, rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(out, apply_filter(feat[frames], tau_ref), rtol=1e-4, atol=1e-5)
     assert tau_ref.abs().max() > 1e-3  # the fit moved tau
+
+
+@pytest.mark.parametrize(("frames", "objects"), [(1, 1), (4, 1), (3, 2)])
+def test_weight_gradient_is_the_learners_filter_gradient(frames: int, objects: int) -> None:
+    """The fit's gradient through the convolution's weight-gradient kernel equals `filter_gradient`."""
+    g = torch.Generator().manual_seed(frames)
+    feat, residual = (
+        torch.randn(frames, objects, 16, 9, 11, generator=g),
+        torch.randn(frames, objects, 4, 9, 11, generator=g),
+    )
+    with torch.inference_mode():
+        got = weight_gradient(feat, residual, 3)
+    torch.testing.assert_close(got, filter_gradient(feat, residual, 3), rtol=1e-5, atol=1e-5)
+
+
+def test_channels_last_features_are_the_same_values_in_the_fits_fast_layout() -> None:
+    """Float32 copies of the features whose per-frame 4-D view is channels-last without a copy; the fit on them
+    gives what it gives on contiguous features, up to float rounding."""
+    torch.manual_seed(0)
+    learner = FewShotLearner(InductionConfig(), feature_dim=8, label_dim=4)
+    feat, label, weight = torch.randn(3, 2, 8, 6, 7), torch.randn(3, 2, 4, 6, 7), torch.rand(3, 2, 4, 6, 7) + 0.5
+    laid = channels_last_features(feat.bfloat16())
+    assert laid.dtype == torch.float32 and torch.equal(laid, feat.bfloat16().float())
+    frames = laid.reshape(3, 16, 6, 7)
+    assert frames.data_ptr() == laid.data_ptr() and frames.is_contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        tau, out = fit(learner, laid, label, weight, 5, None, [None] * 3)
+        tau_ref, out_ref = fit(learner, feat.bfloat16().float(), label, weight, 5, None, [None] * 3)
+    torch.testing.assert_close(tau, tau_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out, out_ref, rtol=1e-5, atol=1e-6)

@@ -8,6 +8,12 @@ kept with its entry, so a fit applies tau afresh only to the frames that joined 
 there is nothing to apply). Per fit of S steps on N frames that is 2 S N + (new frames) convolutions instead of
 3 S N. The arithmetic is the same as `FewShotLearner.forward`; only float rounding differs (to about 1e-6
 relative after a whole video's fits).
+
+The gradient (`filter_gradient`, a convolution with the memory's frames as channels and 15x27 kernels) runs
+as what it is, the weight gradient of the target model's convolution (`aten.convolution_backward`), whose
+oneDNN kernel takes 31 instead of 58 ms at 20 memory frames (1 thread, float32, 512 x 15 x 27 features).
+Training keeps `filter_gradient`, which autograd differentiates. Both convolutions run about a fifth faster on
+features stored channels-last (`channels_last_features`): 28 -> 23 and 31 -> 25 ms at 20 memory frames.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ..induction import FewShotLearner, apply_filter, filter_gradient
+from ..induction import FewShotLearner, apply_filter
 
 
 def fit(
@@ -48,7 +54,7 @@ def fit(
     reg2 = learner.filter_reg.square()
     for _ in range(iters):
         data_res = w * (out - label)
-        grad = filter_gradient(feat, w * data_res, learner.cfg.filter_size) + reg2 * tau
+        grad = weight_gradient(feat, w * data_res, learner.cfg.filter_size) + reg2 * tau
         a_grad = apply_filter(feat, grad)
         num = grad.square().sum(dim=(1, 2, 3, 4))
         den = (w * a_grad).square().sum(dim=(0, 2, 3, 4)) + reg2 * num
@@ -56,3 +62,34 @@ def fit(
         tau = tau - alpha[:, None, None, None, None] * grad
         out = out - alpha[None, :, None, None, None] * a_grad
     return tau, out
+
+
+def weight_gradient(feat: Tensor, residual: Tensor, filter_size: int) -> Tensor:
+    """`filter_gradient` (sum_n x_n correlated with residual_n) as the weight gradient of `apply_filter`'s
+    convolution: feat (N, B, C, h, w), residual (N, B, D, h, w) -> (B, D, C, K, K). Not differentiable."""
+    n, b, c, h, w = feat.shape
+    d, pad = residual.shape[2], filter_size // 2
+    shape = feat.new_empty(()).expand(b * d, c, filter_size, filter_size)  # the weight's shape, no data
+    _, grad, _ = torch.ops.aten.convolution_backward(
+        residual.reshape(n, b * d, h, w),
+        feat.reshape(n, b * c, h, w),
+        shape,
+        None,
+        (1, 1),
+        (pad, pad),
+        (1, 1),
+        False,
+        (0, 0),
+        b,
+        (False, True, False),
+    )
+    return grad.reshape(b, d, c, filter_size, filter_size)
+
+
+def channels_last_features(feat: Tensor) -> Tensor:
+    """The memory's learner features (N, B, C, h, w), any float dtype, as float32 stored channels-last per frame
+    (strides of an (N, B*C, h, w) channels-last tensor): the layout in which oneDNN runs the fit's convolutions
+    fastest; `apply_filter` and `weight_gradient` reshape it to that 4-D view without a copy."""
+    n, b, c, h, w = feat.shape
+    frames = feat.reshape(n, b * c, h, w).to(torch.float32, memory_format=torch.channels_last)
+    return frames.view(n, b, c, h, w)

@@ -46,13 +46,14 @@ from ..video.io import VideoError, iter_frames, probe
 from ..video.masks import object_ids
 from .aggregate import soft_aggregate
 from .crop import CropConfig, crop_channels_last, mask_box, paste, search_region, update_box
-from .fit import fit
-from .fold import fold_batch_norms
+from .fit import channels_last_features, fit
+from .fold import cast_weights, fold_batch_norms
 from .memory import MemoryBank, MemoryConfig, MemoryEntry
 from .timing import StageFn, StageTimer, untimed
 
 VideoSource = str | Path | Iterable[np.ndarray]
 FOLDED = ("backbone", "decoder", "label_generator")  # the parts whose batch norms inference folds
+AUTOCAST = (*FOLDED, "learner_adapter", "transduction_adapter")  # the parts that only ever run under autocast
 REVERSE_CHUNK = 16  # frames decoded at a time when a video file or folder is read backwards
 
 
@@ -184,7 +185,10 @@ class Segmenter:
     of the backbone, the decoder and the label generator folded into their convolutions. By default that is
     a copy, taken when the Segmenter is built, so the caller's model (a model in training, say) keeps its
     batch norms, mode and device; build a new Segmenter after changing its weights. `copy=False` converts
-    `model` itself, for a network nobody else holds (`from_pretrained`)."""
+    `model` itself, for a network nobody else holds (`from_pretrained`). Where `cfg.autocast` takes effect,
+    the convolutions of the parts that run under autocast (`AUTOCAST`) keep their weights in bf16
+    (`cast_weights`: the same outputs, without casting them at every call), so `cfg.autocast` is fixed once the
+    Segmenter is built."""
 
     def __init__(
         self,
@@ -197,6 +201,11 @@ class Segmenter:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = inference_network(model, self.device, copy=copy)
         self.cfg = cfg or InferenceConfig()
+        if self.cfg.autocast and native_bf16(self.device):
+            # the decoder's last conv is read in float32 outside autocast (`upsample2x_conv3x3`)
+            skip = (self.model.decoder.project_conv2,)
+            for name in AUTOCAST:
+                cast_weights(getattr(self.model, name), torch.bfloat16, skip)
         if self.cfg.compile:
             self.compile()
 
@@ -548,7 +557,7 @@ class Session:
         with self._stage("learner"), torch.autocast(self.segmenter.device.type, enabled=False):
             tau, out = fit(
                 self.segmenter.model.learner,
-                mem.stacked("learner").float(),
+                channels_last_features(mem.stacked("learner")),
                 mem.stacked("e2").float(),
                 mem.stacked("weight").float(),
                 iters,
