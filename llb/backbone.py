@@ -143,7 +143,7 @@ class TinyBackbone(Backbone):
         self.channels = dict(zip(LAYERS, self.WIDTHS[1:], strict=True))
         self.stages = nn.ModuleList(
             nn.Sequential(nn.Conv2d(cin, cout, 3, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
-            for cin, cout in zip((3, *self.WIDTHS), self.WIDTHS, strict=False)
+            for cin, cout in zip((3, *self.WIDTHS[:-1]), self.WIDTHS, strict=True)
         )
         self._freeze()
 

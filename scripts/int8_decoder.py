@@ -74,14 +74,11 @@ def quantize(
     qmap = get_default_qconfig_mapping("x86")
     names = part_names(q)
     for name in names:
-        parent, _, child = name.rpartition(".")
-        holder = q.get_submodule(parent) if parent else q
-        setattr(holder, child, prepare_fx(getattr(holder, child), qmap, first_inputs(q, getattr(holder, child), run)))
+        part = q.get_submodule(name)
+        q.set_submodule(name, prepare_fx(part, qmap, first_inputs(q, part, run)))
     run(q, calibrate)
     for name in names:
-        parent, _, child = name.rpartition(".")
-        holder = q.get_submodule(parent) if parent else q
-        setattr(holder, child, Float32In(convert_fx(getattr(holder, child))))
+        q.set_submodule(name, Float32In(convert_fx(q.get_submodule(name))))
     return q
 
 
