@@ -56,6 +56,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         help="no bf16 autocast (by default on where the device computes bf16 natively: recent GPUs, AMX CPUs)",
     )
     p.add_argument(
+        "--int8",
+        action="store_true",
+        help="lite on the CPU: an int8 decoder, calibrated at load on the shipped example clips (opt-in; "
+        "about 1.5x faster decoder, masks close to bf16's)",
+    )
+    p.add_argument(
         "--allow-untrained",
         action="store_true",
         help="run a network without trained weights (for development; its output is stamped as such)",
@@ -72,7 +78,9 @@ def build_segmenter(args: argparse.Namespace) -> Segmenter:
         variant=args.variant,
         device=str(device),
         allow_untrained=args.allow_untrained,
-        inference=InferenceConfig.schedule(args.schedule, crop=CropConfig(size=size), autocast=not args.fp32),
+        inference=InferenceConfig.schedule(
+            args.schedule, crop=CropConfig(size=size), autocast=not args.fp32, int8=args.int8
+        ),
     )
     if not seg.trained:
         print(f"WARNING: {UNTRAINED}: the {seg.model.cfg.key} network has no trained weights.", file=sys.stderr)

@@ -48,6 +48,7 @@ from .aggregate import soft_aggregate
 from .crop import CropConfig, crop_channels_last, mask_box, paste, search_region, update_box
 from .fit import channels_last_features, fit
 from .fold import cast_weights, fold_batch_norms
+from .int8 import DecoderInputs, calibration_clips, check_int8, quantize_decoder
 from .memory import MemoryBank, MemoryConfig, MemoryEntry
 from .timing import StageFn, StageTimer, untimed
 
@@ -68,6 +69,7 @@ class InferenceConfig:
     autocast: bool = True  # bf16 autocast where the device computes bf16 natively (the learner stays float32)
     compile: bool = False  # torch.compile the backbone and, on CUDA, the decoder (the first frames compile)
     return_gates: bool = False  # AFM gates per object and channel, for display
+    int8: bool = False  # lite on the CPU: an int8 decoder, calibrated at load on the shipped clips (`int8`)
 
     @classmethod
     def schedule(cls, name: str, **overrides: object) -> InferenceConfig:
@@ -201,13 +203,33 @@ class Segmenter:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = inference_network(model, self.device, copy=copy)
         self.cfg = cfg or InferenceConfig()
+        if self.cfg.int8:
+            check_int8(self.device, self.model.cfg.name)
+            float32_decoder = deepcopy(self.model.decoder)
         if self.cfg.autocast and native_bf16(self.device):
             # the decoder's last conv is read in float32 outside autocast (`upsample2x_conv3x3`)
             skip = (self.model.decoder.project_conv2,)
             for name in AUTOCAST:
                 cast_weights(getattr(self.model, name), torch.bfloat16, skip)
+        if self.cfg.int8:
+            self.model.decoder = quantize_decoder(float32_decoder, self._decoder_inputs())
         if self.cfg.compile:
             self.compile()
+
+    def _decoder_inputs(self) -> list[DecoderInputs]:
+        """What the decoder receives while this Segmenter tracks the int8 calibration clips (`int8`)."""
+        captured: list[DecoderInputs] = []
+        hook = self.model.decoder.register_forward_hook(lambda m, args, out: captured.append(args))
+        try:
+            with torch.inference_mode():
+                for frames, mask in calibration_clips():
+                    session = self.start(frames)
+                    session.add_mask(0, mask)
+                    for _ in session.propagate():
+                        pass
+        finally:
+            hook.remove()
+        return captured
 
     def compile(self) -> None:
         """torch.compile the backbone and (on CUDA) the decoder, in place (their state dict keys stay as they
