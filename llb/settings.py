@@ -93,6 +93,7 @@ class Settings:
     crop_size: tuple[int, int] | None  # LLB_CROP_SIZE as (H, W) (432x240 on CPU, 832x480 on CUDA)
     app_config: str  # LLB_APP_CONFIG: the app's network configuration (lite; tiny for tests)
     allow_untrained: bool  # LLB_ALLOW_UNTRAINED: development only
+    int8: bool  # LLB_INT8: the app's lite networks with the int8 decoder (CPU only; llb/inference/int8.py)
     examples_dir: Path  # LLB_EXAMPLES_DIR (default $LLB_SHARED/examples)
     examples_repo: str | None  # LLB_EXAMPLES_REPO: Hub dataset with the example clips
     app_tmp: Path  # LLB_APP_TMP: the app's session folders
@@ -130,6 +131,7 @@ def from_env() -> Settings:
         crop_size=_size("LLB_CROP_SIZE"),
         app_config=_text("LLB_APP_CONFIG") or "lite",
         allow_untrained=_flag("LLB_ALLOW_UNTRAINED"),
+        int8=_flag("LLB_INT8"),
         examples_dir=_path("LLB_EXAMPLES_DIR") or shared / "examples",
         examples_repo=_text("LLB_EXAMPLES_REPO"),
         app_tmp=_path("LLB_APP_TMP") or Path(tempfile.gettempdir()) / "llb-app",

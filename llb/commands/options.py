@@ -8,6 +8,7 @@ import sys
 from llb.checkpoint import UNTRAINED
 from llb.config import CONFIGS, VARIANTS
 from llb.inference.crop import CropConfig, engine_crop_size
+from llb.inference.int8 import check_int8
 from llb.inference.session import InferenceConfig, Segmenter, resolve_device
 
 
@@ -72,6 +73,8 @@ def build_segmenter(args: argparse.Namespace) -> Segmenter:
     """The network the model options name, placed and configured; warns on stderr when it is untrained."""
     device = resolve_device(args.device)
     size = args.crop_size or engine_crop_size(device)
+    if args.int8:  # before the weights load
+        check_int8(device, args.config or "lite")
     seg = Segmenter.from_pretrained(
         args.checkpoint,
         config=args.config,

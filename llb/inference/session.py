@@ -201,10 +201,11 @@ class Segmenter:
         copy: bool = True,
     ):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model = inference_network(model, self.device, copy=copy)
         self.cfg = cfg or InferenceConfig()
         if self.cfg.int8:
-            check_int8(self.device, self.model.cfg.name)
+            check_int8(self.device, model.cfg.name)
+        self.model = inference_network(model, self.device, copy=copy)
+        if self.cfg.int8:
             float32_decoder = deepcopy(self.model.decoder)
         if self.cfg.autocast and native_bf16(self.device):
             # the decoder's last conv is read in float32 outside autocast (`upsample2x_conv3x3`)

@@ -60,7 +60,9 @@ class Models:
             raise CheckpointError(problem)
         with self._lock:
             if variant not in self._segmenters:
-                inference = InferenceConfig(crop=CropConfig(size=self.settings.crop_size), return_gates=True)
+                inference = InferenceConfig(
+                    crop=CropConfig(size=self.settings.crop_size), return_gates=True, int8=self.settings.int8
+                )
                 self._segmenters[variant] = Segmenter.from_pretrained(
                     config=self.settings.config,
                     variant=variant,

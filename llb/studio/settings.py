@@ -10,6 +10,7 @@ import torch
 
 from .. import settings as env_settings
 from ..checkpoint import UNTRAINED
+from ..inference.int8 import check_int8
 
 __all__ = ["UNTRAINED", "Settings"]  # UNTRAINED: the app and its results stamp with it
 
@@ -27,6 +28,7 @@ class Settings:
     crop_size: tuple[int, int]  # processing size (H, W) of the network's search region
     config: str  # the networks' configuration (lite; tiny in the tests)
     allow_untrained: bool  # development only: run a network without trained weights, outputs stamped
+    int8: bool  # the networks' decoder in int8 (CPU, lite only)
     examples_dir: Path
     examples_repo: str | None  # Hub dataset with the example clips, for a Space without the local folder
     work_root: Path  # per-session folders live here
@@ -38,6 +40,8 @@ class Settings:
     def from_env(cls) -> Settings:
         gpu = torch.cuda.is_available()
         env = env_settings.from_env()
+        if env.int8:  # a setting the app cannot honour stops it at start, in the operator's words
+            check_int8(torch.device("cuda" if gpu else "cpu"), env.app_config)
 
         def pick(value: int | None, default: int) -> int:
             return default if value is None else value
@@ -52,6 +56,7 @@ class Settings:
             crop_size=env.crop_size or ((480, 832) if gpu else (240, 432)),
             config=env.app_config,
             allow_untrained=env.allow_untrained,
+            int8=env.int8,
             examples_dir=env.examples_dir,
             examples_repo=env.examples_repo,
             work_root=env.app_tmp,
