@@ -190,7 +190,8 @@ class Segmenter:
     `model` itself, for a network nobody else holds (`from_pretrained`). Where `cfg.autocast` takes effect,
     the convolutions of the parts that run under autocast (`AUTOCAST`) keep their weights in bf16
     (`cast_weights`: the same outputs, without casting them at every call), so `cfg.autocast` is fixed once the
-    Segmenter is built."""
+    Segmenter is built. So is `cfg.int8`: the decoder is replaced by an int8 copy of its float32 form, calibrated
+    while this Segmenter tracks the shipped example clips (a few seconds; `llb.inference.int8`)."""
 
     def __init__(
         self,
