@@ -36,7 +36,8 @@ def shipped(rows: list[dict[str, str]], variant: str) -> list[dict[str, str]]:
 
 
 def draw_validation(rows: list[dict[str, str]], out: Path) -> None:
-    """Mean J&F of 11 sequences (shipped files joined, other checkpoints hollow) and J&F per set."""
+    """Mean J&F of 11 sequences (shipped files joined, other checkpoints hollow, a stage's midway validations
+    unlabelled) and J&F per set."""
     fig = Figure(figsize=(12, 4.2))
     overall, per_set = fig.subplots(1, 2)
     for variant, colour in COLOURS.items():
@@ -52,7 +53,7 @@ def draw_validation(rows: list[dict[str, str]], out: Path) -> None:
             color=colour,
             label=f"{variant} (not shipped)",
         )
-        for r in [*line, *others]:
+        for r in [*line, *(r for r in others if "@" not in r["file"])]:  # midway validations unlabelled
             overall.annotate(
                 r["file"],
                 (number(r, "total_steps"), number(r, "mean11")),
