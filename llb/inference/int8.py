@@ -25,7 +25,6 @@ int8 decoder is built.
 
 from __future__ import annotations
 
-import copy
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 
@@ -119,16 +118,16 @@ def _first_inputs(decoder: nn.Module, names: Sequence[str], inputs: DecoderInput
 
 
 def quantize_decoder(decoder: SegmentationDecoder, inputs: Sequence[DecoderInputs]) -> SegmentationDecoder:
-    """An int8 copy of `decoder` (float32 weights, batch norms folded), its observers calibrated on `inputs`:
-    E_tar (B, D, h, w), the backbone features {layer1..4} (B, C_l, H_l, W_l) and the image size, as the
-    decoder received them while tracking."""
+    """`decoder` (float32 weights, batch norms folded; a copy the caller owns) turned int8 in place and returned,
+    its observers calibrated on `inputs`: E_tar (B, D, h, w), the backbone features {layer1..4} (B, C_l, H_l, W_l)
+    and the image size, as the decoder received them while tracking."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=DEPRECATED)
         from torch.ao.quantization import get_default_qconfig_mapping
         from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
         torch.backends.quantized.engine = "x86"
-        q = copy.deepcopy(decoder).eval()
+        q = decoder.eval()
         names = part_names(q)
         seen = _first_inputs(q, names, inputs[0])
         qmap = get_default_qconfig_mapping("x86")
