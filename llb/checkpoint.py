@@ -18,7 +18,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .config import ModelConfig, get_config
+from .config import DEFAULT_CONFIG, DEFAULT_VARIANT, ModelConfig, get_config
 from .network import LLBNet
 from .settings import from_env
 
@@ -200,7 +200,7 @@ def load_model(
     given. Without one, the trained default `config-variant` (default lite-llb) is resolved; if none is found
     and `allow_untrained`, an untrained network is built and flagged (`model.trained` is False).
     """
-    want = get_config(config or "lite", variant or "llb")
+    want = get_config(config or DEFAULT_CONFIG, variant or DEFAULT_VARIANT)
     if checkpoint is None:
         try:
             checkpoint = resolve_checkpoint(want.key)

@@ -182,6 +182,8 @@ def tiny_config(variant: str = "llb") -> ModelConfig:
 
 CONFIGS = {"paper": paper_config, "lite": lite_config, "tiny": tiny_config}
 VARIANTS = ("llb", "joint")
+DEFAULT_CONFIG = "lite"  # what ships trained: the CLI, the app and training use it where none is named
+DEFAULT_VARIANT = "llb"
 
 # The rows of the paper's Tables 3 and 4: (label input, label encoder, fusion). `dlgm` is the configuration's
 # learned label encoder (ViTAE-6M in `paper`, EfficientNet-Lite2 in `lite`); `cnn` is JOINT's mask CNN.
@@ -195,7 +197,7 @@ ABLATIONS: dict[str, tuple[LabelInput, str, Fusion]] = {
 }
 
 
-def get_config(name: str = "lite", variant: str = "llb") -> ModelConfig:
+def get_config(name: str = DEFAULT_CONFIG, variant: str = DEFAULT_VARIANT) -> ModelConfig:
     """Named configuration (`paper`, `lite` or `tiny`) with its `llb` or `joint` variant, or one of the paper's ablation
     rows (`llb-1` .. `llb-4`, ABLATIONS): the `llb` network with the row's label input, encoder and fusion."""
     if name not in CONFIGS:

@@ -16,6 +16,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .config import DEFAULT_CONFIG
+
 PACKAGE = Path(__file__).resolve().parent
 TRUE = ("1", "true", "yes")
 DEFAULT_HUB_REPO = "llb-vos/llb-checkpoints"
@@ -129,7 +131,7 @@ def from_env() -> Settings:
         max_frame_mb=number("LLB_MAX_FRAME_MB", 64),
         max_objects=_int("LLB_MAX_OBJECTS"),
         crop_size=_size("LLB_CROP_SIZE"),
-        app_config=_text("LLB_APP_CONFIG") or "lite",
+        app_config=_text("LLB_APP_CONFIG") or DEFAULT_CONFIG,
         allow_untrained=_flag("LLB_ALLOW_UNTRAINED"),
         int8=_flag("LLB_INT8"),
         examples_dir=_path("LLB_EXAMPLES_DIR") or shared / "examples",

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from llb.checkpoint import UNTRAINED
-from llb.config import CONFIGS, VARIANTS
+from llb.config import CONFIGS, DEFAULT_CONFIG, VARIANTS
 from llb.inference.crop import CropConfig, engine_crop_size
 from llb.inference.int8 import check_int8
 from llb.inference.session import InferenceConfig, Segmenter, resolve_device
@@ -74,7 +74,7 @@ def build_segmenter(args: argparse.Namespace) -> Segmenter:
     device = resolve_device(args.device)
     size = args.crop_size or engine_crop_size(device)
     if args.int8:  # before the weights load
-        check_int8(device, args.config or "lite")
+        check_int8(device, args.config or DEFAULT_CONFIG)
     seg = Segmenter.from_pretrained(
         args.checkpoint,
         config=args.config,

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llb.config import DEFAULT_CONFIG
 from llb.data.sampler import ClipConfig
 from llb.data.synthetic import SyntheticConfig
 from llb.settings import from_env
@@ -87,7 +88,7 @@ class TrainConfig:
     """One training run. `model`/`variant` name the network (llb.config.get_config)."""
 
     stage: str = "synthetic"
-    model: str = "lite"
+    model: str = DEFAULT_CONFIG
     variant: str = "llb"
     pretrained: bool = True  # ImageNet weights of the backbone and label encoder where they exist
     init: str | None = None  # start from this checkpoint (e.g. the synthetic stage's export)
