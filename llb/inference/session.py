@@ -535,7 +535,7 @@ class Session:
                 given = {i: torch.from_numpy(prompt == i).to(seg.device).float() for i in object_ids(prompt)}
                 probs.update(given)
             ids = sorted(probs)
-            merged = soft_aggregate(torch.stack([probs[i] for i in ids]))
+            merged = soft_aggregate(_stack([probs[i] for i in ids]))
             if given:  # the user's masks are the truth on their frame: their pixels belong to them alone
                 drawn = torch.stack([given[i] for i in given]).amax(0) > 0
                 merged[:, drawn] = 0
@@ -544,7 +544,7 @@ class Session:
             by_id = dict(zip(ids, merged[1:], strict=True))
         for group, step in zip(groups, steps, strict=True):
             corrected = any(i in given for i in group.ids)
-            self._update(group, index, step, torch.stack([by_id[i] for i in group.ids]), corrected)
+            self._update(group, index, step, _stack([by_id[i] for i in group.ids]), corrected)
         known = {i for g in groups for i in g.ids}
         new = [i for i in given if i not in known]
         if new:
@@ -706,6 +706,12 @@ def native_bf16(device: torch.device) -> bool:
     except OSError:
         return False
     return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def _stack(maps: list[Tensor]) -> Tensor:
+    """Maps of the same shape (H, W) as one (K, H, W) tensor, for reading only: a view of the map when there is
+    one (a frame-sized copy saved, twice a frame, for a single object), else a stacked copy."""
+    return maps[0][None] if len(maps) == 1 else torch.stack(maps)
 
 
 def _argmax0(x: Tensor, values: Sequence[int] | None = None) -> Tensor:
