@@ -643,7 +643,9 @@ class Session:
         """The group's memory as the cross-attention of its frames reads it: the memory's encoding (B, N*h*w,
         key_dim) and its E1 as tokens (B, N*h*w, D), both in the dtype that attention computes in (bf16 under
         autocast, which would otherwise cast the float32 encoding and re-tokenise E1 at every frame: the same
-        values, once per memory change). Brought up to date when the memory has changed since."""
+        values, once per memory change). On the CPU the encoding is stored transposed (strides of keys^T
+        contiguous), the layout the scores' matrix product reads, which it would otherwise copy at every frame.
+        Brought up to date when the memory has changed since."""
         keys, values = group.keys, group.values
         if keys is None or values is None or group.keys_version != group.memory.version:
             with self._stage("transduction"):
@@ -651,6 +653,8 @@ class Session:
                 values = to_tokens(group.memory.stacked("e1"))
                 if self._bf16():
                     keys, values = keys.to(torch.bfloat16), values.to(torch.bfloat16)
+                if keys.device.type == "cpu":  # stored transposed: the scores' product reads keys^T, uncopied
+                    keys = keys.mT.contiguous().mT
             group.keys, group.values, group.keys_version = keys, values, group.memory.version
         return keys, values
 
