@@ -120,7 +120,8 @@ class LLBNet(nn.Module):
         stage: Callable[[str], AbstractContextManager[object]] = _untimed,
     ) -> SegmentOutput:
         """One frame for B targets: target model tau (B, D, C, K, K), encoded memory keys (B, N*h*w, key_dim)
-        and memory E1 (N, B, D, h, w) -> SegmentOutput. `stage(name)` wraps each part (for timing)."""
+        and memory E1 (N, B, D, h, w) or its tokens (B, N*h*w, D) -> SegmentOutput. `stage(name)` wraps each
+        part (for timing)."""
         with stage("learner"):
             e2_star = apply_filter(feats.learner[None], tau)[0]
         with stage("transduction"):

@@ -91,10 +91,12 @@ class Transduction(nn.Module):
 
     def forward(self, feat: Tensor, mem_keys: Tensor, mem_e1: Tensor) -> Tensor:
         """Decoder: current features (B, C, h, w), encoded memory keys (B, N*h*w, key_dim) and the memory's
-        E1 (N, B, D, h, w) -> E1* (B, D, h, w)."""
+        E1 (N, B, D, h, w), or its tokens (B, N*h*w, D) as `to_tokens` gives them (inference keeps them between
+        memory updates) -> E1* (B, D, h, w)."""
         b, _, h, w = feat.shape
         query = self.cross_attn.project(self.self_attention_block(feat[None]))
-        e1 = self.cross_attn.attend(query, mem_keys, to_tokens(mem_e1))
+        values = mem_e1 if mem_e1.dim() == 3 else to_tokens(mem_e1)
+        e1 = self.cross_attn.attend(query, mem_keys, values)
         return e1.reshape(b, h, w, -1).permute(0, 3, 1, 2)
 
 

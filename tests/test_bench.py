@@ -17,7 +17,7 @@ from llb.config import TransductionConfig, get_config
 from llb.induction import LearnerMemory, apply_filter
 from llb.inference.crop import CropConfig
 from llb.inference.memory import MemoryConfig
-from llb.inference.session import InferenceConfig, Segmenter, _argmax0
+from llb.inference.session import InferenceConfig, Segmenter, Session, _argmax0
 from llb.inference.timing import StageTimer
 from llb.network import LLBNet
 from llb.transduction import IncrementalMemoryEncoder, Transduction
@@ -183,6 +183,28 @@ def test_session_results_equal_those_of_the_learner_refitting_from_scratch(segme
 
     monkeypatch.setattr("llb.inference.session.fit", refit)
     np.testing.assert_allclose(fast, _probs(segmenter), atol=1e-5)
+
+
+def test_the_memory_read_kept_between_updates_gives_the_bits_of_reading_it_every_frame(monkeypatch, one_thread):
+    """Under bf16 autocast the session keeps the memory's encoding and E1 tokens cast to bf16 from one memory
+    update to the next (and updates them on the memory frame itself): bit for bit what autocast computes from
+    the float32 encoding and the stacked E1 read at every frame."""
+    monkeypatch.setattr("llb.inference.session.native_bf16", lambda device: True)
+    torch.manual_seed(0)
+    cfg = InferenceConfig(
+        crop=CropConfig(size=(64, 112)), init_iters=3, update_iters=2, memory=MemoryConfig(interval=2, size=4)
+    )
+    seg = Segmenter(LLBNet(get_config("lite", "llb")), cfg, device="cpu")
+    kept = _probs(seg)
+    reads = []
+
+    def read_every_frame(self, group):
+        reads.append(group.memory.version)
+        return group.encoder.update([e.transduction for e in group.memory.entries]), group.memory.stacked("e1")
+
+    monkeypatch.setattr(Session, "_read_memory", read_every_frame)
+    assert np.array_equal(kept, _probs(seg))
+    assert len(reads) > len(kept)  # every frame read it, and so did every memory frame
 
 
 def test_a_peer_that_is_not_installed_is_skipped_with_a_message(blackswan, capsys, one_thread, monkeypatch):

@@ -299,6 +299,16 @@ def test_soft_aggregate_is_the_softmax_of_log_odds(objects: int) -> None:
     torch.testing.assert_close(soft_aggregate(probs.bfloat16()), soft_aggregate(probs.bfloat16().float()))
 
 
+def test_soft_aggregate_of_one_object_takes_its_background_as_the_product_of_one_factor() -> None:
+    """One object skips the product over objects: the same bits as taking it."""
+    probs = torch.sigmoid(torch.randn(1, 40, 50, generator=torch.Generator().manual_seed(0)) * 8)
+    probs[:, :5] = torch.sigmoid(torch.tensor(-100.0))
+    p = probs.clamp(1e-7, 1 - 1e-7)
+    odds = torch.cat([torch.prod(1 - p, dim=0, keepdim=True), p]).clamp(1e-7, 1 - 1e-7)
+    odds = odds / (1 - odds)
+    assert torch.equal(soft_aggregate(probs), odds / odds.sum(0, keepdim=True))
+
+
 def test_argmax0_gives_the_index_or_the_value_of_the_first_maximum() -> None:
     x = torch.rand(4, 20, 30, generator=torch.Generator().manual_seed(0))
     x[2, :5] = x[1, :5] = 2.0  # ties go to the first index

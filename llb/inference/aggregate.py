@@ -20,7 +20,10 @@ def soft_aggregate(probs: Tensor, eps: float = 1e-7) -> Tensor:
     """
     p = probs.float().clamp(eps, 1 - eps)
     odds = p.new_empty((len(p) + 1, *p.shape[1:]))
-    torch.prod(1 - p, dim=0, keepdim=True, out=odds[:1])
+    if len(p) == 1:  # the product of one factor is that factor: one pass over the frame instead of two
+        torch.sub(1, p, out=odds[:1])
+    else:
+        torch.prod(1 - p, dim=0, keepdim=True, out=odds[:1])
     odds[1:] = p
     odds.clamp_(eps, 1 - eps)
     odds.div_(1 - odds)

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 OUTSIDE_LOGIT = -100.0  # score of pixels outside the search region (probability 0)
@@ -114,8 +115,9 @@ def crop_channels_last(images: Tensor, boxes: Tensor, size: tuple[int, int], ind
 
     This is torchvision's roi_align (aligned, adaptive sampling ratio: it averages over the pixels each output
     sample covers, so large crops are not aliased), written out: its sampling is separable, each output pixel
-    a weighted sum of rows, then of columns. Only the pixels a box reads are gathered and made float, where
-    roi_align reads a whole float copy of the image; equal to it up to float rounding (tests).
+    a weighted sum of rows, then of columns. Only the rows and columns a box reads are made float, once each,
+    where roi_align reads a whole float copy of the image, and each pass is one weighted gather
+    (`embedding_bag`), which never builds the gathered taps; equal to roi_align up to float rounding (tests).
     """
     img_h, img_w, chans = images.shape[1:]
     out_h, out_w = size
@@ -124,12 +126,13 @@ def crop_channels_last(images: Tensor, boxes: Tensor, size: tuple[int, int], ind
         image = images[0 if index is None else int(index[k])]
         rows, row_w = _roi_taps(box[1], box[3], out_h, img_h)
         cols, col_w = _roi_taps(box[0], box[2], out_w, img_w)
+        r0, r1 = int(rows.min()), int(rows.max()) + 1
         c0, c1 = int(cols.min()), int(cols.max()) + 1
-        band = image[:, c0:c1].index_select(0, rows.flatten()).float()  # (out_h * taps, c1 - c0, C)
-        band = torch.bmm(row_w[:, None], band.view(out_h, row_w.shape[1], -1))  # (out_h, 1, (c1 - c0) * C)
+        table = image[r0:r1, c0:c1].reshape(r1 - r0, (c1 - c0) * chans).float()  # the rows it reads
+        band = F.embedding_bag(rows - r0, table, mode="sum", per_sample_weights=row_w)  # (out_h, (c1 - c0) * C)
         band = band.view(out_h, c1 - c0, chans).transpose(0, 1).reshape(c1 - c0, out_h * chans)  # columns first
-        picked = band.index_select(0, (cols - c0).flatten()).view(out_w, cols.shape[1], out_h * chans)
-        out.append(torch.bmm(col_w[:, None], picked).view(out_w, out_h, chans))
+        picked = F.embedding_bag(cols - c0, band, mode="sum", per_sample_weights=col_w)  # (out_w, out_h * C)
+        out.append(picked.view(out_w, out_h, chans))
     return torch.stack(out).permute(0, 3, 2, 1).contiguous(memory_format=torch.channels_last)
 
 

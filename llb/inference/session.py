@@ -20,7 +20,9 @@ box and resize it to `crop.size`; extract features; E2* from the fitted target m
 fuse, decode, paste back. After merging, each box follows its mask; on memory frames the frame joins the memory
 with its merged mask and the target model takes `update_iters` more steps (`init_iters` from zero on the
 first frame). When frames join or leave the memory its encoding is updated, not redone
-(`IncrementalMemoryEncoder`): a change costs N frame pairs instead of N^2.
+(`IncrementalMemoryEncoder`): a change costs N frame pairs instead of N^2. That update runs on the memory frame
+itself, and what the frames' cross-attention reads of the memory (its encoding and E1, as tokens in the dtype
+that attention computes in) is kept until the memory next changes, as is tau in that dtype.
 
 `Segmenter.start(video, timer=StageTimer(device))` records the wall and CPU time of every stage of every frame
 (`llb bench` reports them); without a timer nothing is timed and nothing is synchronised.
@@ -41,7 +43,7 @@ from torch import Tensor
 
 from ..checkpoint import load_model
 from ..network import FrameFeatures, LLBNet
-from ..transduction import IncrementalMemoryEncoder
+from ..transduction import IncrementalMemoryEncoder, to_tokens
 from ..video.io import VideoError, iter_frames, probe
 from ..video.masks import object_ids
 from .aggregate import soft_aggregate
@@ -54,7 +56,7 @@ from .timing import StageFn, StageTimer, untimed
 
 VideoSource = str | Path | Iterable[np.ndarray]
 FOLDED = ("backbone", "decoder", "label_generator")  # the parts whose batch norms inference folds
-AUTOCAST = (*FOLDED, "learner_adapter", "transduction_adapter")  # the parts that only ever run under autocast
+AUTOCAST = (*FOLDED, "learner_adapter", "transduction_adapter", "fusion")  # parts that only run under autocast
 REVERSE_CHUNK = 16  # frames decoded at a time when a video file or folder is read backwards
 
 
@@ -127,9 +129,12 @@ class _Group:
     center: Tensor  # (B, 2)
     size: Tensor  # (B, 2)
     encoder: IncrementalMemoryEncoder
-    keys: Tensor | None = None  # the memory's encoding and stacked E1 (N, B, D, h, w), as of `keys_version`
-    e1: Tensor | None = None
+    # the memory as each frame's cross-attention reads it, as of `keys_version` (`Session._read_memory`): its
+    # encoding (B, N*h*w, key_dim) and E1 tokens (B, N*h*w, D), in the dtype that attention computes in
+    keys: Tensor | None = None
+    values: Tensor | None = None
     keys_version: int = -1
+    tau_cast: tuple[Tensor, Tensor] | None = None  # (tau, tau in the dtype the frames compute in), per fit
 
     def copy(self) -> _Group:
         """This state, to keep or to resume from: the memory's lists are copied (its entries are shared, never
@@ -530,7 +535,7 @@ class Session:
                 given = {i: torch.from_numpy(prompt == i).to(seg.device).float() for i in object_ids(prompt)}
                 probs.update(given)
             ids = sorted(probs)
-            merged = soft_aggregate(torch.stack([probs[i] for i in ids]))
+            merged = soft_aggregate(_stack([probs[i] for i in ids]))
             if given:  # the user's masks are the truth on their frame: their pixels belong to them alone
                 drawn = torch.stack([given[i] for i in given]).amax(0) > 0
                 merged[:, drawn] = 0
@@ -539,7 +544,7 @@ class Session:
             by_id = dict(zip(ids, merged[1:], strict=True))
         for group, step in zip(groups, steps, strict=True):
             corrected = any(i in given for i in group.ids)
-            self._update(group, index, step, torch.stack([by_id[i] for i in group.ids]), corrected)
+            self._update(group, index, step, _stack([by_id[i] for i in group.ids]), corrected)
         known = {i for g in groups for i in g.ids}
         new = [i for i in given if i not in known]
         if new:
@@ -559,8 +564,11 @@ class Session:
 
     def _autocast(self) -> torch.autocast:
         dev = self.segmenter.device
-        enabled = self.segmenter.cfg.autocast and native_bf16(dev)
-        return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=enabled)
+        return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self._bf16())
+
+    def _bf16(self) -> bool:
+        """Whether the frames' network runs under bf16 autocast."""
+        return self.segmenter.cfg.autocast and native_bf16(self.segmenter.device)
 
     def _features(self, image: Tensor, boxes: Tensor) -> tuple[Tensor, FrameFeatures]:
         """Crops of the frame (H, W, 3) uint8: (B, 3, h, w) normalised, and their features."""
@@ -621,19 +629,34 @@ class Session:
         model, cfg = self.segmenter.model, self.segmenter.cfg
         boxes = search_region(group.center, group.size, image.shape[:2], cfg.crop)
         crops, feats = self._features(image, boxes)
-        if group.keys_version != group.memory.version:
-            with self._stage("transduction"):
-                group.keys = group.encoder.update([e.transduction for e in group.memory.entries])
-                group.e1 = group.memory.stacked("e1")
-            group.keys_version = group.memory.version
+        keys, values = self._read_memory(group)
+        if group.tau_cast is None or group.tau_cast[0] is not group.tau:
+            group.tau_cast = (group.tau, group.tau.to(feats.learner.dtype))
         with self._autocast():
-            out = model.segment(
-                feats, group.tau.to(feats.learner.dtype), group.keys, group.e1, cfg.crop.size, self._stage
-            )
+            out = model.segment(feats, group.tau_cast[1], keys, values, cfg.crop.size, self._stage)
         with self._stage("paste"):
             logits = paste(out.logits.float(), boxes, image.shape[:2])[:, 0]
             probs = torch.sigmoid(logits)
         return _Step(boxes, crops, feats, probs, out.e1_star, out.e2_star)
+
+    def _read_memory(self, group: _Group) -> tuple[Tensor, Tensor]:
+        """The group's memory as the cross-attention of its frames reads it: the memory's encoding (B, N*h*w,
+        key_dim) and its E1 as tokens (B, N*h*w, D), both in the dtype that attention computes in (bf16 under
+        autocast, which would otherwise cast the float32 encoding and re-tokenise E1 at every frame: the same
+        values, once per memory change). On the CPU the encoding is stored transposed (strides of keys^T
+        contiguous), the layout the scores' matrix product reads, which it would otherwise copy at every frame.
+        Brought up to date when the memory has changed since."""
+        keys, values = group.keys, group.values
+        if keys is None or values is None or group.keys_version != group.memory.version:
+            with self._stage("transduction"):
+                keys = group.encoder.update([e.transduction for e in group.memory.entries])
+                values = to_tokens(group.memory.stacked("e1"))
+                if self._bf16():
+                    keys, values = keys.to(torch.bfloat16), values.to(torch.bfloat16)
+                if keys.device.type == "cpu":  # stored transposed: the scores' product reads keys^T, uncopied
+                    keys = keys.mT.contiguous().mT
+            group.keys, group.values, group.keys_version = keys, values, group.memory.version
+        return keys, values
 
     def _gates(self, group: _Group, step: _Step) -> dict[int, np.ndarray]:
         """The group's AFM gates, per object (2, D, h, w) float16: the display needs each channel (what the
@@ -649,6 +672,7 @@ class Session:
         if corrected or group.memory.due(abs(index - group.start)):
             self._remember(group, index, step.boxes, step.crops, step.feats, merged)
             group.tau = self._fit(group, cfg.update_iters, group.tau)
+            self._read_memory(group)  # the memory's new encoding, on this frame rather than the next
         with self._stage("merge"):
             group.center, group.size = update_box(merged, group.center, group.size, cfg.crop)
 
@@ -686,6 +710,12 @@ def native_bf16(device: torch.device) -> bool:
     except OSError:
         return False
     return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def _stack(maps: list[Tensor]) -> Tensor:
+    """Maps of the same shape (H, W) as one (K, H, W) tensor, for reading only: a view of the map when there is
+    one (a frame-sized copy saved, twice a frame, for a single object), else a stacked copy."""
+    return maps[0][None] if len(maps) == 1 else torch.stack(maps)
 
 
 def _argmax0(x: Tensor, values: Sequence[int] | None = None) -> Tensor:
