@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llb.config import DEFAULT_CONFIG
+from llb.config import DEFAULT_CONFIG, DEFAULT_VARIANT
 from llb.data.sampler import ClipConfig
 from llb.data.synthetic import SyntheticConfig
 from llb.settings import from_env
@@ -89,7 +89,7 @@ class TrainConfig:
 
     stage: str = "synthetic"
     model: str = DEFAULT_CONFIG
-    variant: str = "llb"
+    variant: str = DEFAULT_VARIANT
     pretrained: bool = True  # ImageNet weights of the backbone and label encoder where they exist
     init: str | None = None  # start from this checkpoint (e.g. the synthetic stage's export)
     steps: int = 50_000
